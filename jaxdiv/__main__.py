@@ -1,0 +1,3 @@
+from jaxdiv.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""The `jaxdiv` command line. One module a subcommand; each defines `register(subparsers)`.
+
+Config-driven subcommands take `--config FILE.py` (a file exposing `get_config()`) and
+any number of `--set key=value` overrides, e.g. `--set train.learning_rate=3e-4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxdiv import __version__
+
+# Subcommands in pipeline order; each module is imported to build its parser. Heavy
+# imports (jax, datasets) happen inside the handlers, so `--help` stays fast.
+COMMANDS = (
+    "jaxdiv.cli.assets",
+    "jaxdiv.cli.tasks",
+)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxdiv", formatter_class=_Formatter,
+        description="Study how the diversity of LLM-generated training data affects fine-tuned "
+                    "models: generate -> score -> mix -> train -> report.",
+        epilog="Run `jaxdiv COMMAND --help` for a command's arguments.")
+    parser.add_argument("--version", action="version", version=f"jaxdiv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub, _Formatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxdiv.assets import AssetError
+    from jaxdiv.configlib import ConfigError
+    from jaxdiv.data.tasks import TaskError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, AssetError, TaskError) as err:
+        print(f"jaxdiv {args.command}: error: {err}", file=sys.stderr)
+        return 2
