@@ -1,0 +1,165 @@
+"""`train_classifier`: fine-tune an encoder classifier on any (text, label) rows.
+
+    result = train_classifier(cfg, train_rows, {"validation": val_rows, "test": test_rows}, workdir)
+
+Rows are a `datasets.Dataset`, a list of {"text", "label"} dicts or a CSV/JSONL/parquet file.
+The run writes <workdir>/config.json, metrics.jsonl, tb/, checkpoints/ and results.json, and
+a restarted run in the same workdir resumes from its latest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jaxdiv import configlib
+from jaxdiv.io import atomic_write_text
+from jaxdiv.models.bert import load_tokenizer
+from jaxdiv.sharding import batch_sharding, make_mesh
+from jaxdiv.train import data as data_lib
+from jaxdiv.train.checkpoint import Checkpointer
+from jaxdiv.train.config import OptimConfig, TrainJobConfig
+from jaxdiv.train.distributed import initialize
+from jaxdiv.train.metrics import MetricsWriter, Throughput, bert_train_flops, classification_metrics
+from jaxdiv.train.state import (ModelSpec, build_model, create_state, decayed_keys, make_optimizer, model_dir,
+                                replicated, schedule_shape)
+from jaxdiv.train.step import make_eval_step, make_train_step
+
+
+def to_host(tree: Any) -> Any:
+    """numpy copies of (possibly multi-process) global arrays: every process gets the full values."""
+    def fetch(x):
+        if x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(fetch, tree)
+
+
+def total_steps(cfg: OptimConfig, num_rows: int) -> int:
+    return cfg.steps or max(1, math.ceil(cfg.epochs * num_rows / cfg.batch_size))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs before its first step: model, tokenised rows, label names."""
+
+    spec: ModelSpec
+    train: data_lib.EncodedRows
+    evals: dict[str, data_lib.EncodedRows]
+    label_names: tuple[str, ...]
+
+
+def prepare(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any],
+            label_names: tuple[str, ...] | None = None) -> Prepared:
+    texts, labels, names = data_lib.read_rows(train_rows, label_names, what="train rows")
+    tokenizer = load_tokenizer(model_dir(cfg.model))
+    encode = lambda t, y: data_lib.encode_rows(tokenizer, t, y, cfg.model.max_length)
+    evals = {}
+    for split, rows in eval_splits.items():
+        eval_texts, eval_labels, _ = data_lib.read_rows(rows, names, what=f"{split} rows")
+        evals[split] = encode(eval_texts, eval_labels)
+    return Prepared(build_model(cfg.model, len(names), cfg.seed), encode(texts, labels), evals, names)
+
+
+def evaluate(eval_step, state, rows: data_lib.EncodedRows, batch_size: int, shardings) -> dict[str, float]:
+    losses, predictions = [], []
+    for batch in data_lib.eval_batches(rows, batch_size):
+        weights = batch.pop("weights")
+        out = to_host(eval_step(state, data_lib.global_batch(batch, shardings)))
+        keep = weights > 0
+        losses.append(out["loss"][keep])
+        predictions.append(out["prediction"][keep])
+    return classification_metrics(rows.labels, np.concatenate(predictions), np.concatenate(losses))
+
+
+def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any] | None = None,
+                     workdir: str | Path | None = None, *, label_names: tuple[str, ...] | None = None
+                     ) -> dict[str, Any]:
+    """Train, evaluate on each eval split, and return {"steps", "label_names", "eval": {split:
+    {loss, accuracy, macro_f1}}, "train": last train metrics, "params": final params (host)}."""
+    initialize(cfg.distributed)
+    workdir = Path(workdir or cfg.workdir)
+    if jax.process_index() == 0:
+        configlib.save_config(cfg, workdir)
+    prepared = prepare(cfg, train_rows, eval_splits or {}, label_names)
+    spec, optim = prepared.spec, cfg.optim
+    steps = total_steps(optim, len(prepared.train))
+
+    mesh = make_mesh(cfg.mesh)
+    tx = make_optimizer(optim, steps, decayed_keys(spec))
+    schedule = schedule_shape(optim, steps)
+    checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
+    abstract, shardings = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, materialize=False)
+    restored = checkpointer.restore_latest(abstract) if cfg.checkpoint.resume else None
+    if restored is None:
+        state, _ = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate)
+    else:
+        state = restored[0]
+    start = int(to_host(state["step"]))
+
+    batch_shardings = {k: batch_sharding(mesh, 2 if k != "labels" else 1)
+                       for k in ("input_ids", "attention_mask", "labels")}
+    # micro-batches (accum, micro, ...): rows stay sharded as in the global batch
+    constrain = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
+        mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
+    train_step = jax.jit(make_train_step(spec, tx, optim.grad_accum, constrain),
+                         in_shardings=(shardings, batch_shardings),
+                         out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(spec), in_shardings=(shardings, batch_shardings),
+                        out_shardings=replicated(mesh))
+
+    writer = MetricsWriter(workdir, cfg.log.tensorboard)
+    throughput = Throughput(optim.batch_size, bert_train_flops(
+        spec.bert_config, spec.num_labels, optim.batch_size, cfg.model.max_length, cfg.model.frozen_layers))
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not cfg.log.progress or jax.process_index() != 0)
+    results: dict[str, Any] = {"eval": {}, "train": {}}
+
+    def run_evals(step: int) -> None:
+        for split, rows in prepared.evals.items():
+            values = evaluate(eval_step, state, rows, optim.eval_batch_size, batch_shardings)
+            writer.write(step, split, values)
+            results["eval"][split] = values
+
+    for step in range(start, steps):
+        index = data_lib.batch_indices(cfg.seed, step, optim.batch_size, len(prepared.train))
+        host_batch = prepared.train.take(index)
+        state, metrics = train_step(state, data_lib.global_batch(host_batch, batch_shardings))
+        throughput.add(int(host_batch["attention_mask"].sum()))
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log.every == 0 or done == steps:
+            values = {k: float(v) for k, v in to_host(metrics).items()}
+            values.update(throughput.read())
+            values["learning_rate"] = optim.learning_rate * float(schedule(step))
+            writer.write(done, "train", values)
+            results["train"] = values
+            bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{values['examples_per_s']:.1f}",
+                            tok_s=f"{values['tokens_per_s']:.0f}")
+        if optim.eval_every and done % optim.eval_every == 0 and done != steps:
+            run_evals(done)
+        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == steps:
+            checkpointer.save(done, state, {"step": done, "examples_seen": done * optim.batch_size,
+                                            "data_seed": cfg.seed, "num_rows": len(prepared.train)})
+    bar.close()
+    checkpointer.close()
+    run_evals(steps)
+    writer.close()
+    results.update(steps=steps, label_names=list(prepared.label_names), resumed_from=start,
+                   workdir=str(workdir))
+    if jax.process_index() == 0:
+        atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
+    results["params"] = to_host({**state["trainable"], **state["frozen"]})
+    return results
+

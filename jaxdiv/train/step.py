@@ -1,0 +1,77 @@
+"""The pure train and eval steps (jitted with explicit shardings by the loop and the run engine)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdiv.train.state import ModelSpec
+
+Batch = dict[str, jax.Array]
+State = dict[str, Any]
+
+
+def _logits(spec: ModelSpec, params: dict[str, jax.Array], batch: Batch, dropout_key=None) -> jax.Array:
+    return spec.apply(params)(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
+
+
+def _microbatches(batch: Batch, accum: int, constrain: Callable[[jax.Array], jax.Array]) -> Batch:
+    """(B, ...) -> (accum, B/accum, ...), micro-batch j = rows j, j+accum, ...: every device keeps
+    its own rows (a plain reshape would move the sharded axis to `accum`)."""
+    def split(x):
+        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+        return constrain(x)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, grad_accum: int,
+                    constrain_micro: Callable[[jax.Array], jax.Array] = lambda x: x
+                    ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+    """`step(state, batch) -> (state, metrics)`: mean cross-entropy over the global batch,
+    gradients summed over `grad_accum` micro-batches, then clipped AdamW on the trainable params."""
+
+    def loss_fn(trainable, frozen, batch, key):
+        logits = _logits(spec, {**trainable, **frozen}, batch, key)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        correct = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+        return loss, correct
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: State, batch: Batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        trainable, frozen = state["trainable"], state["frozen"]
+        if grad_accum == 1:
+            (loss, accuracy), grads = grad_fn(trainable, frozen, batch, key)
+        else:
+            def body(carry, inputs):
+                micro, index = inputs
+                (loss, acc), grads = grad_fn(trainable, frozen, micro, jax.random.fold_in(key, index))
+                return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, trainable))
+            micro = _microbatches(batch, grad_accum, constrain_micro)
+            (loss, accuracy, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
+            loss, accuracy, grads = jax.tree.map(lambda x: x / grad_accum, (loss, accuracy, grads))
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        scale = -state["learning_rate"]
+        trainable = jax.tree.map(lambda p, u: p + scale * u, trainable, updates)
+        new_state = {**state, "trainable": trainable, "opt_state": opt_state, "step": state["step"] + 1}
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(spec: ModelSpec) -> Callable[[State, Batch], dict[str, jax.Array]]:
+    """`eval_step(state, batch) -> {loss, prediction}` per example (the host masks padding)."""
+
+    def eval_step(state: State, batch: Batch):
+        logits = _logits(spec, {**state["trainable"], **state["frozen"]}, batch)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        return {"loss": loss, "prediction": jnp.argmax(logits, -1).astype(jnp.int32)}
+
+    return eval_step
