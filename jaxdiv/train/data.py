@@ -117,21 +117,23 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     return out
 
 
-def local_rows(sharding: NamedSharding, global_batch: int) -> slice:
-    """The contiguous rows of a batch-sharded global array that this process's devices hold."""
-    spans = [index[0] for index in sharding.addressable_devices_indices_map((global_batch,)).values()]
-    starts = [s.start or 0 for s in spans]
-    stops = [global_batch if s.stop is None else s.stop for s in spans]
-    return slice(min(starts), max(stops))
+def local_block(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The block of a global array that this process's devices hold (contiguous per dimension,
+    as on meshes built from `jax.devices()` in process order)."""
+    indices = list(sharding.addressable_devices_indices_map(shape).values())
+    block = []
+    for dim, size in enumerate(shape):
+        spans = [index[dim] for index in indices]
+        block.append(slice(min(s.start or 0 for s in spans),
+                           max(size if s.stop is None else s.stop for s in spans)))
+    return tuple(block)
 
 
 def global_batch(arrays: dict[str, np.ndarray], shardings: dict[str, NamedSharding]) -> dict[str, jax.Array]:
-    """Assemble global arrays from the full host-side batch, each process contributing its rows."""
-    out = {}
-    for name, value in arrays.items():
-        rows = local_rows(shardings[name], value.shape[0])
-        out[name] = jax.make_array_from_process_local_data(shardings[name], value[rows], value.shape)
-    return out
+    """Global arrays from the full host-side batch, each process contributing only its block."""
+    return {name: jax.make_array_from_process_local_data(
+                shardings[name], value[local_block(shardings[name], value.shape)], value.shape)
+            for name, value in arrays.items()}
 
 
 def eval_batches(rows: EncodedRows, batch_size: int) -> Iterable[dict[str, np.ndarray]]:

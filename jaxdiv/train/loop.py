@@ -31,7 +31,7 @@ from jaxdiv.train.config import OptimConfig, TrainJobConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.metrics import MetricsWriter, Throughput, bert_train_flops, classification_metrics
 from jaxdiv.train.state import (ModelSpec, build_model, create_state, decayed_keys, make_optimizer, model_dir,
-                                replicated, schedule_shape)
+                                replicated)
 from jaxdiv.train.step import make_eval_step, make_train_step
 
 
@@ -97,13 +97,13 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
     steps = total_steps(optim, len(prepared.train))
 
     mesh = make_mesh(cfg.mesh)
-    tx = make_optimizer(optim, steps, decayed_keys(spec))
-    schedule = schedule_shape(optim, steps)
+    tx = make_optimizer(optim, decayed_keys(spec))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
-    abstract, shardings = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, materialize=False)
+    abstract, shardings = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, steps,
+                                      materialize=False)
     restored = checkpointer.restore_latest(abstract) if cfg.checkpoint.resume else None
     if restored is None:
-        state, _ = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate)
+        state, _ = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, steps)
     else:
         state = restored[0]
     start = int(to_host(state["step"]))
@@ -113,7 +113,7 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
     # micro-batches (accum, micro, ...): rows stay sharded as in the global batch
     constrain = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
         mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
-    train_step = jax.jit(make_train_step(spec, tx, optim.grad_accum, constrain),
+    train_step = jax.jit(make_train_step(spec, tx, optim, constrain),
                          in_shardings=(shardings, batch_shardings),
                          out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(spec), in_shardings=(shardings, batch_shardings),
@@ -142,7 +142,6 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
         if done % cfg.log.every == 0 or done == steps:
             values = {k: float(v) for k, v in to_host(metrics).items()}
             values.update(throughput.read())
-            values["learning_rate"] = optim.learning_rate * float(schedule(step))
             writer.write(done, "train", values)
             results["train"] = values
             bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{values['examples_per_s']:.1f}",

@@ -8,6 +8,7 @@ The state is a plain pytree (orbax-friendly):
     step           int32 scalar
     rng            PRNG key data (uint32[2]); dropout uses fold_in(rng, step)
     learning_rate  f32 scalar peak learning rate (a per-run value in vmapped ablations)
+    total_steps    int32 scalar length of the run (its schedule; vmapped runs stop at their own)
 
 It is created already sharded: `jax.jit(init, out_shardings=state_shardings(...))`, with
 each param's sharding derived from its logical axis names by `jaxdiv.sharding`.
@@ -99,26 +100,25 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> ModelSpec:
 # ---------------------------------------------------------------------------
 # Optimizer.
 
-def schedule_shape(cfg: OptimConfig, total_steps: int) -> Callable[[jax.Array], jax.Array]:
-    """Learning-rate multiplier in [0, 1]: linear warmup, then cosine / linear decay to 0."""
-    warmup = int(round(cfg.warmup_fraction * total_steps))
-    decay_steps = max(total_steps - warmup, 1)
-    decay = {"cosine": optax.cosine_decay_schedule(1.0, decay_steps),
-             "linear": optax.linear_schedule(1.0, 0.0, decay_steps),
-             "constant": optax.constant_schedule(1.0)}[cfg.decay]
-    if warmup == 0:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), decay], [warmup])
+def lr_multiplier(cfg: OptimConfig, step: jax.Array, total_steps: jax.Array) -> jax.Array:
+    """Learning-rate multiplier in [0, 1]: linear warmup over warmup_fraction of the steps, then
+    cosine / linear decay to 0 (optax's schedules, written with traced totals so vmapped runs of
+    different lengths each follow their own)."""
+    step = jnp.asarray(step, jnp.float32)
+    total = jnp.asarray(total_steps, jnp.float32)
+    warmup = jnp.round(cfg.warmup_fraction * total)
+    progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    decayed = {"cosine": 0.5 * (1.0 + jnp.cos(jnp.pi * progress)), "linear": 1.0 - progress,
+               "constant": jnp.ones_like(progress)}[cfg.decay]
+    return jnp.where(step < warmup, step / jnp.maximum(warmup, 1.0), decayed)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, decay_keys: frozenset[str]
-                   ) -> optax.GradientTransformation:
-    """AdamW (optax parts) with clipping and the schedule shape; the caller scales by -peak_lr,
-    which lives in the state so vmapped runs can each have their own."""
+def make_optimizer(cfg: OptimConfig, decay_keys: frozenset[str]) -> optax.GradientTransformation:
+    """AdamW's direction (optax parts) with global-norm clipping. The step scales it by
+    -peak_lr * lr_multiplier: the peak lives in the state so vmapped runs can each have their own."""
     parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
     parts += [optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
-              optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: {k: k in decay_keys for k in p}),
-              optax.scale_by_schedule(schedule_shape(cfg, total_steps))]
+              optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: {k: k in decay_keys for k in p})]
     return optax.chain(*parts)
 
 
@@ -131,13 +131,15 @@ def decayed_keys(spec: ModelSpec) -> frozenset[str]:
 # Init and shardings.
 
 def init_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: jax.Array,
-               learning_rate: jax.Array, params: dict[str, jax.Array]) -> dict[str, Any]:
+               learning_rate: jax.Array, total_steps: jax.Array, params: dict[str, jax.Array]
+               ) -> dict[str, Any]:
     """A fresh train state (pure: jit it with out_shardings)."""
     trainable, frozen = spec.split(params)
     return {"trainable": trainable, "frozen": frozen, "opt_state": tx.init(trainable),
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2)),
-            "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
+            "learning_rate": jnp.asarray(learning_rate, jnp.float32),
+            "total_steps": jnp.asarray(total_steps, jnp.int32)}
 
 
 def param_shardings(spec: ModelSpec, mesh: Mesh, rules=DEFAULT_RULES, lead: tuple[str, ...] = ()
@@ -166,12 +168,13 @@ def state_shardings(spec: ModelSpec, abstract_state: dict[str, Any], mesh: Mesh,
 
 
 def create_state(spec: ModelSpec, tx: optax.GradientTransformation, mesh: Mesh, seed: int,
-                 learning_rate: float, rules=DEFAULT_RULES, *, materialize: bool = True
+                 learning_rate: float, total_steps: int, rules=DEFAULT_RULES, *, materialize: bool = True
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state, its shardings): the state materialises directly in its sharded layout. With
     materialize=False the state is abstract (ShapeDtypeStructs carrying the shardings), the
     target for restoring a checkpoint."""
-    args = (jnp.asarray(seed, jnp.uint32), jnp.asarray(learning_rate, jnp.float32), spec.initial)
+    args = (jnp.asarray(seed, jnp.uint32), jnp.asarray(learning_rate, jnp.float32),
+            jnp.asarray(total_steps, jnp.int32), spec.initial)
     abstract = jax.eval_shape(lambda *a: init_state(spec, tx, *a), *args)
     shardings = state_shardings(spec, abstract, mesh, rules)
     if not materialize:

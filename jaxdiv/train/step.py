@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdiv.train.state import ModelSpec
+from jaxdiv.train.config import OptimConfig
+from jaxdiv.train.state import ModelSpec, lr_multiplier
 
 Batch = dict[str, jax.Array]
 State = dict[str, Any]
@@ -27,11 +28,11 @@ def _microbatches(batch: Batch, accum: int, constrain: Callable[[jax.Array], jax
     return jax.tree.map(split, batch)
 
 
-def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, grad_accum: int,
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, optim: OptimConfig,
                     constrain_micro: Callable[[jax.Array], jax.Array] = lambda x: x
                     ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`: mean cross-entropy over the global batch,
-    gradients summed over `grad_accum` micro-batches, then clipped AdamW on the trainable params."""
+    gradients summed over `optim.grad_accum` micro-batches, then clipped AdamW on the trainable params."""
 
     def loss_fn(trainable, frozen, batch, key):
         logits = _logits(spec, {**trainable, **frozen}, batch, key)
@@ -44,7 +45,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, grad_accu
     def step(state: State, batch: Batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         trainable, frozen = state["trainable"], state["frozen"]
-        if grad_accum == 1:
+        if optim.grad_accum == 1:
             (loss, accuracy), grads = grad_fn(trainable, frozen, batch, key)
         else:
             def body(carry, inputs):
@@ -53,14 +54,15 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, grad_accu
                 return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
 
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, trainable))
-            micro = _microbatches(batch, grad_accum, constrain_micro)
-            (loss, accuracy, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
-            loss, accuracy, grads = jax.tree.map(lambda x: x / grad_accum, (loss, accuracy, grads))
+            micro = _microbatches(batch, optim.grad_accum, constrain_micro)
+            (loss, accuracy, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(optim.grad_accum)))
+            loss, accuracy, grads = jax.tree.map(lambda x: x / optim.grad_accum, (loss, accuracy, grads))
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
-        scale = -state["learning_rate"]
-        trainable = jax.tree.map(lambda p, u: p + scale * u, trainable, updates)
+        learning_rate = state["learning_rate"] * lr_multiplier(optim, state["step"], state["total_steps"])
+        trainable = jax.tree.map(lambda p, u: p - learning_rate * u, trainable, updates)
         new_state = {**state, "trainable": trainable, "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": learning_rate}
         return new_state, metrics
 
     return step
