@@ -129,7 +129,7 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
     def run_evals(step: int) -> None:
         for split, rows in prepared.evals.items():
             values = evaluate(eval_step, state, rows, optim.eval_batch_size, batch_shardings)
-            writer.write(step, split, values)
+            writer.write(step, f"eval/{split}", values)
             results["eval"][split] = values
 
     for step in range(start, steps):

@@ -147,7 +147,7 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
         losses, predictions = np.concatenate(losses, 1), np.concatenate(predictions, 1)
         for index, result in enumerate(results):
             result["eval"][split] = classification_metrics(rows.labels, predictions[index], losses[index])
-            writer.write(int(steps[index]), f"run{index}/{split}", result["eval"][split])
+            writer.write(int(steps[index]), f"run{index}/eval/{split}", result["eval"][split])
     writer.close()
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))

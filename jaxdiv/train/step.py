@@ -61,7 +61,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, optim: Op
         learning_rate = state["learning_rate"] * lr_multiplier(optim, state["step"], state["total_steps"])
         trainable = jax.tree.map(lambda p, u: p - learning_rate * u, trainable, updates)
         new_state = {**state, "trainable": trainable, "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": learning_rate}
         return new_state, metrics
 
