@@ -17,9 +17,10 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from jaxdiv.errors import JaxdivError
 
 
-class ConfigError(ValueError):
+class ConfigError(JaxdivError, ValueError):
     """A config value is unknown, of the wrong type, or out of range. The message names the key."""
 
 

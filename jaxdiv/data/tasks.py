@@ -31,9 +31,10 @@ import datasets
 
 from jaxdiv import assets
 from jaxdiv.configlib import ConfigError, param
+from jaxdiv.errors import JaxdivError
 
 
-class TaskError(ValueError):
+class TaskError(JaxdivError, ValueError):
     """A task's data is malformed. The message names the file and what is wrong."""
 
 

@@ -18,11 +18,12 @@ import datasets
 
 from jaxdiv.io import atomic_path, atomic_write_text
 from jaxdiv.mix.config import MixConfig
+from jaxdiv.errors import JaxdivError
 
 SOURCES = ("real", "synthetic")
 
 
-class MixtureError(ValueError):
+class MixtureError(JaxdivError, ValueError):
     """A mixture cannot be built as asked. The message names the cell and the class."""
 
 
