@@ -111,3 +111,53 @@ class TrainJobConfig:
     log: LogConfig = section(LogConfig)
     workdir: str = param("runs/train", help="outputs: config, metrics, checkpoints, results")
     seed: int = param(0, help="seed of init, data order and dropout")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTDataConfig:
+    """(prompt, response) rows for supervised fine-tuning of a causal LM."""
+
+    path: str = param("", help="a CSV / JSONL / parquet file of rows (or pass rows to train_sft)")
+    prompt_column: str = param("prompt", help="the column holding the prompt")
+    response_column: str = param("response", help="the column holding the response")
+    eval_fraction: float = param(0.1, ge=0.0, lt=1.0, help="share of rows held out (hash split) for eval loss")
+    chat_template: bool = param(True, help="wrap the prompt as a user turn of the model's chat template")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMModelConfig:
+    """Which causal LM to fine-tune."""
+
+    checkpoint: str = param("smollm2-135m-instruct", help="a packaged asset, a .gguf file, or an HF "
+                                                          "Llama/Qwen2 safetensors folder")
+    pretrained: bool = param(True, help="load the weights (false: seeded random init of the architecture, "
+                                        "optionally shrunk below; tokenizer kept)")
+    num_layers: int = param(0, ge=0, help="random init only: layers (0: the checkpoint's)")
+    hidden_size: int = param(0, ge=0, help="random init only: width (0: the checkpoint's)")
+    intermediate_size: int = param(0, ge=0, help="random init only: MLP width (0: the checkpoint's)")
+    num_heads: int = param(0, ge=0, help="random init only: query heads (0: the checkpoint's)")
+    num_kv_heads: int = param(0, ge=0, help="random init only: key/value heads (0: the checkpoint's)")
+    max_length: int = param(256, ge=8, help="tokens per example, prompt + response (longer rows are cut)")
+    compute_dtype: Literal["float32", "bfloat16"] = param(
+        "float32", help="matmul dtype; params and optimizer state stay float32")
+
+    def check(self) -> None:
+        shrunk = any((self.num_layers, self.hidden_size, self.intermediate_size, self.num_heads,
+                      self.num_kv_heads))
+        if shrunk and self.pretrained:
+            raise ConfigError("num_layers/hidden_size/...: architecture overrides need pretrained=false")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTJobConfig:
+    """Supervised fine-tuning of a causal LM on (prompt, response) pairs, loss on response tokens."""
+
+    data: SFTDataConfig = section(SFTDataConfig)
+    model: LMModelConfig = section(LMModelConfig)
+    optim: OptimConfig = section(OptimConfig)
+    mesh: MeshConfig = section(MeshConfig)
+    checkpoint: CheckpointConfig = section(CheckpointConfig)
+    distributed: DistributedConfig = section(DistributedConfig)
+    log: LogConfig = section(LogConfig)
+    workdir: str = param("runs/sft", help="outputs: config, metrics, checkpoints, results")
+    seed: int = param(0, help="seed of init, data order and split")

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -83,19 +83,30 @@ def evaluate(eval_step, state, rows: data_lib.EncodedRows, batch_size: int, shar
     return classification_metrics(rows.labels, np.concatenate(predictions), np.concatenate(losses))
 
 
-def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any] | None = None,
-                     workdir: str | Path | None = None, *, label_names: tuple[str, ...] | None = None
-                     ) -> dict[str, Any]:
-    """Train, evaluate on each eval split, and return {"steps", "label_names", "eval": {split:
-    {loss, accuracy, macro_f1}}, "train": last train metrics, "params": final params (host)}."""
-    initialize(cfg.distributed)
-    workdir = Path(workdir or cfg.workdir)
-    if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir)
-    prepared = prepare(cfg, train_rows, eval_splits or {}, label_names)
-    spec, optim = prepared.spec, cfg.optim
-    steps = total_steps(optim, len(prepared.train))
+@dataclasses.dataclass
+class Fitted:
+    """What `fit` hands back: the final state, its shardings and mesh, and the run's records."""
 
+    state: dict[str, Any]
+    shardings: dict[str, Any]
+    mesh: Any
+    steps: int
+    resumed_from: int
+    train_metrics: dict[str, float]
+
+
+def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, flops_per_step: float = 0.0,
+        evaluate_fn: Callable[..., None] | None = None) -> Fitted:
+    """The training loop shared by every model: sharded state (or the latest good checkpoint),
+    the jitted step over deterministic global batches, metrics, progress, checkpoints.
+
+    `cfg` has the optim, mesh, checkpoint, log and seed fields of a job config; `train` has
+    `len()` and `take(indices) -> {name: array}` (an `EncodedRows` or `sft.EncodedPairs`);
+    `loss_fn` is a `step.LossFn` (default: the classifier's); `evaluate_fn(state, shardings,
+    mesh, step, writer)` runs and logs the evaluations (every optim.eval_every steps and at the end).
+    """
+    optim = cfg.optim
+    steps = total_steps(optim, len(train))
     mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(optim, decayed_keys(spec))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
@@ -108,33 +119,22 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
         state = restored[0]
     start = int(to_host(state["step"]))
 
-    batch_shardings = {k: batch_sharding(mesh, 2 if k != "labels" else 1)
-                       for k in ("input_ids", "attention_mask", "labels")}
+    example = train.take(np.zeros(1, np.int64))
+    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in example.items()}
     # micro-batches (accum, micro, ...): rows stay sharded as in the global batch
     constrain = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
         mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
-    train_step = jax.jit(make_train_step(spec, tx, optim, constrain),
+    train_step = jax.jit(make_train_step(spec, tx, optim, loss_fn, constrain),
                          in_shardings=(shardings, batch_shardings),
                          out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(spec), in_shardings=(shardings, batch_shardings),
-                        out_shardings=replicated(mesh))
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
-    throughput = Throughput(optim.batch_size, bert_train_flops(
-        spec.bert_config, spec.num_labels, optim.batch_size, cfg.model.max_length, cfg.model.frozen_layers))
+    throughput = Throughput(optim.batch_size, flops_per_step)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not cfg.log.progress or jax.process_index() != 0)
-    results: dict[str, Any] = {"eval": {}, "train": {}}
-
-    def run_evals(step: int) -> None:
-        for split, rows in prepared.evals.items():
-            values = evaluate(eval_step, state, rows, optim.eval_batch_size, batch_shardings)
-            writer.write(step, f"eval/{split}", values)
-            results["eval"][split] = values
-
+    values: dict[str, float] = {}
     for step in range(start, steps):
-        index = data_lib.batch_indices(cfg.seed, step, optim.batch_size, len(prepared.train))
-        host_batch = prepared.train.take(index)
+        host_batch = train.take(data_lib.batch_indices(cfg.seed, step, optim.batch_size, len(train)))
         state, metrics = train_step(state, data_lib.global_batch(host_batch, batch_shardings))
         throughput.add(int(host_batch["attention_mask"].sum()))
         done = step + 1
@@ -143,22 +143,53 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
             values = {k: float(v) for k, v in to_host(metrics).items()}
             values.update(throughput.read())
             writer.write(done, "train", values)
-            results["train"] = values
             bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{values['examples_per_s']:.1f}",
                             tok_s=f"{values['tokens_per_s']:.0f}")
-        if optim.eval_every and done % optim.eval_every == 0 and done != steps:
-            run_evals(done)
+        if evaluate_fn and optim.eval_every and done % optim.eval_every == 0 and done != steps:
+            evaluate_fn(state, shardings, mesh, done, writer)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == steps:
             checkpointer.save(done, state, {"step": done, "examples_seen": done * optim.batch_size,
-                                            "data_seed": cfg.seed, "num_rows": len(prepared.train)})
+                                            "data_seed": cfg.seed, "num_rows": len(train)})
     bar.close()
     checkpointer.close()
-    run_evals(steps)
+    if evaluate_fn:
+        evaluate_fn(state, shardings, mesh, steps, writer)
     writer.close()
-    results.update(steps=steps, label_names=list(prepared.label_names), resumed_from=start,
-                   workdir=str(workdir))
+    return Fitted(state, shardings, mesh, steps, start, values)
+
+
+def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any] | None = None,
+                     workdir: str | Path | None = None, *, label_names: tuple[str, ...] | None = None
+                     ) -> dict[str, Any]:
+    """Train, evaluate on each eval split, and return {"steps", "label_names", "eval": {split:
+    {loss, accuracy, macro_f1}}, "train": last train metrics, "params": final params (host)}."""
+    initialize(cfg.distributed)
+    workdir = Path(workdir or cfg.workdir)
+    if jax.process_index() == 0:
+        configlib.save_config(cfg, workdir)
+    prepared = prepare(cfg, train_rows, eval_splits or {}, label_names)
+    spec = prepared.spec
+    evals: dict[str, dict[str, float]] = {}
+    compiled: dict[str, Any] = {}
+
+    def evaluate_all(state, shardings, mesh, step, writer):
+        if "eval" not in compiled:
+            batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2)
+                               for k in ("input_ids", "attention_mask", "labels")}
+            compiled["eval"] = (jax.jit(make_eval_step(spec), in_shardings=(shardings, batch_shardings),
+                                        out_shardings=replicated(mesh)), batch_shardings)
+        eval_step, batch_shardings = compiled["eval"]
+        for split, rows in prepared.evals.items():
+            evals[split] = evaluate(eval_step, state, rows, cfg.optim.eval_batch_size, batch_shardings)
+            writer.write(step, f"eval/{split}", evals[split])
+
+    flops = bert_train_flops(spec.config, spec.num_labels, cfg.optim.batch_size, cfg.model.max_length,
+                             cfg.model.frozen_layers)
+    fitted = fit(cfg, spec, prepared.train, workdir, flops_per_step=flops, evaluate_fn=evaluate_all)
+    results = {"eval": evals, "train": fitted.train_metrics, "steps": fitted.steps,
+               "label_names": list(prepared.label_names), "resumed_from": fitted.resumed_from,
+               "workdir": str(workdir)}
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
-    results["params"] = to_host({**state["trainable"], **state["frozen"]})
+    results["params"] = to_host({**fitted.state["trainable"], **fitted.state["frozen"]})
     return results
-

@@ -17,7 +17,7 @@ each param's sharding derived from its logical axis names by `jaxdiv.sharding`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,18 +42,19 @@ def _path(key: str) -> tuple[Any, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A classifier's structure (graphdef), its initial weights on the host, and their logical axes."""
+    """A model's structure (graphdef), its initial weights on the host, their logical axes and
+    which of them train. Model-agnostic: the classifier and the causal LM both use it."""
 
     graphdef: Any
     initial: dict[str, np.ndarray]  # pretrained / seeded-random weights, f32, host memory
     logical_axes: dict[str, tuple[str | None, ...]]
     trainable_keys: frozenset[str]
-    bert_config: bert.BertConfig
-    num_labels: int
+    config: Any  # the architecture (BertConfig, LlamaConfig)
+    num_labels: int = 0  # classifiers only
 
-    def apply(self, params: dict[str, jax.Array]) -> bert.BertClassifier:
+    def apply(self, params: dict[str, jax.Array]) -> nnx.Module:
         """The module with these param values (used inside jitted functions)."""
-        state = nnx.State.from_flat_path({_path(k): v for k, v in params.items()})
+        state = nnx.from_flat_state([(_path(k), v) for k, v in params.items()])
         return nnx.merge(self.graphdef, state)
 
     def split(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -64,6 +65,19 @@ class ModelSpec:
     @property
     def param_count(self) -> int:
         return sum(int(np.prod(v.shape)) for v in self.initial.values())
+
+
+def spec_of(model: nnx.Module, config: Any, trainable=lambda path: True, num_labels: int = 0) -> ModelSpec:
+    """Describe a built module: host copies of its params, their logical axes, what trains."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    flat = list(nnx.to_flat_state(state))
+    return ModelSpec(
+        graphdef=graphdef,
+        initial={_key(p): np.asarray(v.get_value(), np.float32) for p, v in flat},
+        logical_axes={_key(p): tuple(v.get_metadata().get("out_sharding") or (None,) * v.get_value().ndim)
+                      for p, v in flat},
+        trainable_keys=frozenset(_key(p) for p, _ in flat if trainable(p)),
+        config=config, num_labels=num_labels)
 
 
 def model_dir(cfg: ModelConfig):
@@ -87,14 +101,7 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> ModelSpec:
             overrides.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = bert.BertClassifier(dataclasses.replace(arch, **overrides), num_labels,
                                     frozen_layers=cfg.frozen_layers, dtype=dtype, rngs=nnx.Rngs(head_seed))
-    graphdef, state = nnx.split(model, nnx.Param)
-    flat = list(nnx.to_flat_state(state))
-    return ModelSpec(
-        graphdef=graphdef,
-        initial={_key(p): np.asarray(v.get_value()) for p, v in flat},
-        logical_axes={_key(p): tuple(v.get_metadata()["out_sharding"]) for p, v in flat},
-        trainable_keys=frozenset(_key(p) for p, _ in flat if model.trainable(p)),
-        bert_config=model.cfg, num_labels=num_labels)
+    return spec_of(model, model.cfg, model.trainable, num_labels)
 
 
 # ---------------------------------------------------------------------------

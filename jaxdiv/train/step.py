@@ -28,41 +28,51 @@ def _microbatches(batch: Batch, accum: int, constrain: Callable[[jax.Array], jax
     return jax.tree.map(split, batch)
 
 
+LossFn = Callable[[dict[str, jax.Array], Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def classifier_loss(spec: ModelSpec) -> LossFn:
+    """Mean cross-entropy of the classifier over a (micro-)batch, and its accuracy."""
+
+    def loss_fn(params, batch, dropout_key):
+        logits = _logits(spec, params, batch, dropout_key)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
+
+    return loss_fn
+
+
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, optim: OptimConfig,
+                    loss_fn: LossFn | None = None,
                     constrain_micro: Callable[[jax.Array], jax.Array] = lambda x: x
                     ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """`step(state, batch) -> (state, metrics)`: mean cross-entropy over the global batch,
-    gradients summed over `optim.grad_accum` micro-batches, then clipped AdamW on the trainable params."""
-
-    def loss_fn(trainable, frozen, batch, key):
-        logits = _logits(spec, {**trainable, **frozen}, batch, key)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
-        correct = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return loss, correct
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    """`step(state, batch) -> (state, metrics)`: the loss (default: the classifier's) averaged
+    over `optim.grad_accum` micro-batches, then clipped AdamW on the trainable params with the
+    warmup/decay schedule. Dropout keys are fold_in(rng, step) (and the micro-batch index)."""
+    loss_fn = loss_fn or classifier_loss(spec)
+    grad_fn = jax.value_and_grad(
+        lambda trainable, frozen, batch, key: loss_fn({**trainable, **frozen}, batch, key), has_aux=True)
 
     def step(state: State, batch: Batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         trainable, frozen = state["trainable"], state["frozen"]
         if optim.grad_accum == 1:
-            (loss, accuracy), grads = grad_fn(trainable, frozen, batch, key)
+            (loss, aux), grads = grad_fn(trainable, frozen, batch, key)
         else:
             def body(carry, inputs):
                 micro, index = inputs
-                (loss, acc), grads = grad_fn(trainable, frozen, micro, jax.random.fold_in(key, index))
-                return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
+                out = grad_fn(trainable, frozen, micro, jax.random.fold_in(key, index))
+                return jax.tree.map(jnp.add, carry, out), None
 
-            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, trainable))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, trainable, frozen, batch, key))
             micro = _microbatches(batch, optim.grad_accum, constrain_micro)
-            (loss, accuracy, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(optim.grad_accum)))
-            loss, accuracy, grads = jax.tree.map(lambda x: x / optim.grad_accum, (loss, accuracy, grads))
+            ((loss, aux), grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(optim.grad_accum)))
+            loss, aux, grads = jax.tree.map(lambda x: x / optim.grad_accum, (loss, aux, grads))
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         learning_rate = state["learning_rate"] * lr_multiplier(optim, state["step"], state["total_steps"])
         trainable = jax.tree.map(lambda p, u: p - learning_rate * u, trainable, updates)
         new_state = {**state, "trainable": trainable, "opt_state": opt_state, "step": state["step"] + 1}
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": learning_rate}
+        metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "learning_rate": learning_rate}
         return new_state, metrics
 
     return step
