@@ -1,0 +1,321 @@
+"""The embedding-diversity kernel: every set-level embedding metric in one jitted, sharded pass.
+
+`embedding_diversity(x)` takes an (n, d) embedding matrix, L2-normalises its rows and returns
+
+    vendi_q0.5, vendi_q1, vendi_q2, vendi_qinf   exp of the Renyi entropy of the eigenvalues of K/n,
+                                                 K = XX^T (from the d x d dual X^T X/n when n > d)
+    mean_cosine_distance    1 - mean off-diagonal cosine, exactly, in O(nd):
+                            (||sum x_i||^2 - sum ||x_i||^2) / (n (n-1)) is the mean off-diagonal cosine
+    chamfer_distance        mean over rows of the cosine distance to the nearest *other* row
+    near_duplicate_rate     share of rows whose nearest other row has cosine >= the threshold
+    dcscore                 trace(softmax(K/tau)), row-wise softmax: 1 (all equal) .. n (all distinct)
+    kmeans_inertia          mean squared distance to the nearest centroid (k-means++ seeded, Lloyd)
+    kmeans_occupancy_entropy  entropy (nats) of the cluster sizes
+    log_det                 log det(I + K/(n eps)) = sum_i log(1 + lambda_i/eps)  (route independent)
+    effective_rank          exp of the entropy of the normalised singular values (Roy & Vetterli)
+
+Memory is O(n b + d^2): the n x n terms (chamfer, near duplicates, DCScore) run over b x b tiles
+that are reduced as they are produced; DCScore's row-wise log-sum-exp streams over column tiles
+with the exact shift 1/tau (the diagonal, the row maximum of K/tau for unit rows), so no tile
+can overflow. Rows are sharded over every axis of the mesh; each device reduces its rows against
+all columns and the partial statistics (X^T X, sum x, tile sums, k-means sums) are psum-ed.
+Gram and covariance matmuls use HIGHEST precision.
+
+Pools larger than memory go through `streaming_embedding_diversity`, which reads row and column
+chunks from a memory-mapped .npy file and accumulates the same statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxdiv.score.config import DiversityConfig
+
+HIGHEST = jax.lax.Precision.HIGHEST
+VENDI_ORDERS = (0.5, 1.0, 2.0, math.inf)
+
+
+class EmbeddingError(ValueError):
+    """An embedding matrix cannot be scored; the message names the row."""
+
+
+def vendi_key(q: float) -> str:
+    return "vendi_qinf" if math.isinf(q) else f"vendi_q{q:g}"
+
+
+METRIC_NAMES = tuple(vendi_key(q) for q in VENDI_ORDERS) + (
+    "mean_cosine_distance", "chamfer_distance", "near_duplicate_rate", "dcscore",
+    "kmeans_inertia", "kmeans_occupancy_entropy", "log_det", "effective_rank")
+
+
+# ---------------------------------------------------------------------------
+# Input checks (on the host: a clear error naming the row, never a NaN).
+
+def check_embeddings(x: np.ndarray | jax.Array, what: str = "embeddings") -> None:
+    """Raise EmbeddingError for a non-(n, d) shape, n < 2, d < 1, NaN/Inf or an all-zero row."""
+    if x.ndim != 2:
+        raise EmbeddingError(f"{what}: expected an (n, d) matrix, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if n < 2:
+        raise EmbeddingError(f"{what}: set-level diversity needs at least 2 rows, got {n}")
+    if d < 1:
+        raise EmbeddingError(f"{what}: rows have no dimensions")
+    nonfinite, zero = _bad_rows(jnp.asarray(x))
+    if int(nonfinite) >= 0:
+        raise EmbeddingError(f"{what}: row {int(nonfinite)} contains NaN or Inf")
+    if int(zero) >= 0:
+        raise EmbeddingError(f"{what}: row {int(zero)} is the zero vector, which has no direction "
+                             "(cosine metrics are undefined for it)")
+
+
+@jax.jit
+def _bad_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First row with a NaN/Inf and first all-zero row (-1 where there is none)."""
+    nonfinite = ~jnp.all(jnp.isfinite(x), axis=1)
+    zero = jnp.all(x == 0, axis=1)
+    first = lambda mask: jnp.where(jnp.any(mask), jnp.argmax(mask), -1)  # noqa: E731
+    return first(nonfinite), first(zero)
+
+
+def normalize_rows(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------
+# Spectrum metrics (shared by the in-memory and the streaming routes).
+
+def spectrum_metrics(eigenvalues: jax.Array, logdet_ridge: float) -> dict[str, jax.Array]:
+    """Vendi (all orders), log-det and effective rank from the eigenvalues of K/n (or X^T X/n).
+
+    Eigenvalues below sqrt(m) * eps * lambda_max (m = matrix size) are round-off of a zero
+    eigenvalue and are dropped, so that the d x d and n x n routes agree even at q = 0.5, where
+    sum(lambda^q) would otherwise count the noise of the extra zero eigenvalues.
+    """
+    lam = eigenvalues.astype(jnp.float32)
+    tol = math.sqrt(lam.shape[0]) * jnp.finfo(jnp.float32).eps * jnp.max(lam)
+    positive = lam > tol
+    lam = jnp.where(positive, lam, 0.0)
+    p = lam / jnp.sum(lam)  # sums to 1 already for unit rows; renormalised against round-off
+    safe_p = jnp.where(positive, p, 1.0)
+    out = {}
+    for q in VENDI_ORDERS:
+        if q == 1.0:
+            entropy = -jnp.sum(jnp.where(positive, p * jnp.log(safe_p), 0.0))
+        elif math.isinf(q):
+            entropy = -jnp.log(jnp.max(p))
+        else:
+            entropy = jnp.log(jnp.sum(jnp.where(positive, safe_p ** q, 0.0))) / (1.0 - q)
+        out[vendi_key(q)] = jnp.exp(entropy)
+    out["log_det"] = jnp.sum(jnp.log1p(lam / logdet_ridge))
+    sigma = jnp.sqrt(lam)
+    s = sigma / jnp.sum(sigma)
+    safe_s = jnp.where(positive, s, 1.0)
+    out["effective_rank"] = jnp.exp(-jnp.sum(jnp.where(positive, s * jnp.log(safe_s), 0.0)))
+    return out
+
+
+def mean_cosine_distance(sum_vector: jax.Array, sum_sq_norms: jax.Array, n: int) -> jax.Array:
+    """1 - mean off-diagonal cosine, from sum x_i and sum ||x_i||^2 (exact, O(nd))."""
+    off_diagonal = (jnp.sum(sum_vector * sum_vector) - sum_sq_norms) / (n * (n - 1))
+    return jnp.clip(1.0 - off_diagonal, 0.0, 2.0)
+
+
+# ---------------------------------------------------------------------------
+# The blocked n x n terms.
+
+def pair_tile_stats(rows: jax.Array, row_ids: jax.Array, cols: jax.Array, col_ids: jax.Array,
+                    n: int, tau: float) -> tuple[jax.Array, jax.Array]:
+    """For each row of one tile: max cosine to a valid other column, and sum exp((cos-1)/tau).
+
+    Ids >= n are padding and are masked out; a row's own column is excluded from the maximum
+    (the chamfer neighbour is another row) and included in the DCScore sum (softmax over K's row).
+    """
+    cos = jnp.matmul(rows, cols.T, precision=HIGHEST)
+    valid = (col_ids < n)[None, :]
+    other = valid & (row_ids[:, None] != col_ids[None, :])
+    nearest = jnp.max(jnp.where(other, cos, -jnp.inf), axis=1)
+    dc_sum = jnp.sum(jnp.where(valid, jnp.exp((cos - 1.0) / tau), 0.0), axis=1)
+    return nearest, dc_sum
+
+
+def _pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, n: int, block: int,
+                tau: float) -> tuple[jax.Array, jax.Array]:
+    """Nearest-other cosine and DCScore row sums of the local rows, over all columns, tile by tile."""
+    n_local, n_all = x_local.shape[0], x_all.shape[0]
+
+    def row_block(r, carry):
+        nearest_acc, dc_acc = carry
+        rows = jax.lax.dynamic_slice_in_dim(x_local, r * block, block)
+        row_ids = row_offset + r * block + jnp.arange(block)
+
+        def col_block(c, acc):
+            cols = jax.lax.dynamic_slice_in_dim(x_all, c * block, block)
+            nearest, dc_sum = pair_tile_stats(rows, row_ids, cols, c * block + jnp.arange(block), n, tau)
+            return jnp.maximum(acc[0], nearest), acc[1] + dc_sum
+
+        init = (jnp.full((block,), -jnp.inf, jnp.float32), jnp.zeros((block,), jnp.float32))
+        nearest, dc_sum = jax.lax.fori_loop(0, n_all // block, col_block, init)
+        return (jax.lax.dynamic_update_slice_in_dim(nearest_acc, nearest, r * block, 0),
+                jax.lax.dynamic_update_slice_in_dim(dc_acc, dc_sum, r * block, 0))
+
+    init = (jnp.zeros((n_local,), jnp.float32), jnp.ones((n_local,), jnp.float32))
+    return jax.lax.fori_loop(0, n_local // block, row_block, init)
+
+
+def pair_summary(nearest: jax.Array, dc_sum: jax.Array, valid: jax.Array,
+                 threshold: float) -> dict[str, jax.Array]:
+    """Per-row pair statistics -> (unnormalised) sums over the valid rows."""
+    return {"chamfer_distance": jnp.sum(jnp.where(valid, jnp.clip(1.0 - nearest, 0.0, 2.0), 0.0)),
+            "near_duplicate_rate": jnp.sum(jnp.where(valid & (nearest >= threshold), 1.0, 0.0)),
+            "dcscore": jnp.sum(jnp.where(valid, 1.0 / dc_sum, 0.0))}
+
+
+# ---------------------------------------------------------------------------
+# k-means in JAX (k-means++ seeding, Lloyd iterations), rows sharded.
+
+def _squared_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
+    cross = jnp.matmul(x, centers.T, precision=HIGHEST)
+    d2 = jnp.sum(x * x, axis=1)[:, None] - 2.0 * cross + jnp.sum(centers * centers, axis=1)[None, :]
+    return jnp.maximum(d2, 0.0)
+
+
+def _kmeans_plus_plus(x_local, valid, key, k, n, axes, n_local):
+    """k-means++ seeding; the D^2-weighted draw is made on the global cumulative sum."""
+    device = jax.lax.axis_index(axes)
+    local_ids = jnp.arange(n_local)
+
+    def row_of(global_row):
+        mine = (global_row // n_local) == device
+        return jax.lax.psum(jnp.where(mine, x_local[global_row % n_local], 0.0), axes)
+
+    first = row_of(jax.random.randint(jax.random.fold_in(key, 0), (), 0, n))
+    centers = jnp.zeros((k, x_local.shape[1]), jnp.float32).at[0].set(first)
+    min_d2 = jnp.where(valid, _squared_distances(x_local, first[None])[:, 0], 0.0)
+    last_valid = jnp.max(jnp.where(valid, local_ids, 0))
+
+    def step(t, carry):
+        centers, min_d2 = carry
+        totals = jax.lax.all_gather(jnp.sum(min_d2), axes)
+        offset = jnp.sum(jnp.where(jnp.arange(totals.shape[0]) < device, totals, 0.0))
+        grand = jnp.sum(totals)
+        u = jax.random.uniform(jax.random.fold_in(key, t)) * grand
+        cumulative = offset + jnp.cumsum(min_d2)
+        index = jnp.minimum(jnp.sum(cumulative <= u), last_valid)
+        mine = jnp.where(grand > 0, (u >= offset) & (u < offset + totals[device]), device == 0)
+        index = jnp.where(grand > 0, index, 0)  # all rows already covered: any row will do
+        center = jax.lax.psum(jnp.where(mine & jnp.any(valid), x_local[index], 0.0), axes)
+        min_d2 = jnp.minimum(min_d2, jnp.where(valid, _squared_distances(x_local, center[None])[:, 0], 0.0))
+        return centers.at[t].set(center), min_d2
+
+    centers, _ = jax.lax.fori_loop(1, k, step, (centers, min_d2))
+    return centers
+
+
+def _kmeans(x_local, valid, key, k, iterations, n, axes):
+    centers = _kmeans_plus_plus(x_local, valid, key, k, n, axes, x_local.shape[0])
+    weights = valid.astype(jnp.float32)
+
+    def assign(centers):
+        d2 = _squared_distances(x_local, centers)
+        return jnp.argmin(d2, axis=1), jnp.min(d2, axis=1)
+
+    def lloyd(_, centers):
+        labels, _ = assign(centers)
+        onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32) * weights[:, None]
+        sums = jax.lax.psum(jnp.matmul(onehot.T, x_local, precision=HIGHEST), axes)
+        counts = jax.lax.psum(jnp.sum(onehot, axis=0), axes)
+        # An empty cluster keeps its centre instead of dividing by zero.
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
+
+    centers = jax.lax.fori_loop(0, iterations, lloyd, centers)
+    labels, d2 = assign(centers)
+    counts = jax.lax.psum(jnp.sum(jax.nn.one_hot(labels, k) * weights[:, None], axis=0), axes)
+    inertia = jax.lax.psum(jnp.sum(d2 * weights), axes) / n
+    p = counts / n
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return inertia, entropy
+
+
+# ---------------------------------------------------------------------------
+# The jitted, sharded entry point.
+
+def _layout(n: int, devices: int, block_size: int) -> tuple[int, int]:
+    """(block, padded n): rows per device a multiple of the block, block <= rows per device."""
+    per_device = -(-n // devices)
+    block = min(block_size, -(-per_device // 8) * 8)
+    per_device = -(-per_device // block) * block
+    return block, per_device * devices
+
+
+def _route(n: int, d: int, cfg: DiversityConfig) -> str:
+    return cfg.vendi_route if cfg.vendi_route != "auto" else ("dual" if n > d else "gram")
+
+
+@functools.partial(jax.jit, static_argnames=("n", "cfg", "mesh"))
+def _diversity_kernel(x_padded: jax.Array, key: jax.Array, *, n: int, cfg: DiversityConfig,
+                      mesh: Mesh) -> dict[str, jax.Array]:
+    axes = mesh.axis_names
+    n_pad, d = x_padded.shape
+    block, _ = _layout(n, mesh.size, cfg.block_size)
+    k = min(cfg.kmeans_clusters, n)
+
+    def per_device(x_local, key):
+        n_local = x_local.shape[0]
+        row_offset = jax.lax.axis_index(axes) * n_local
+        valid = (row_offset + jnp.arange(n_local)) < n
+        x_local = jnp.where(valid[:, None], normalize_rows(jnp.where(valid[:, None], x_local, 1.0)), 0.0)
+        x_all = jax.lax.all_gather(x_local, axes, tiled=True)
+        stats = {"gram": jax.lax.psum(jnp.matmul(x_local.T, x_local, precision=HIGHEST), axes),
+                 "sum_vector": jax.lax.psum(jnp.sum(x_local, axis=0), axes),
+                 "sum_sq_norms": jax.lax.psum(jnp.sum(x_local * x_local), axes)}
+        nearest, dc_sum = _pair_terms(x_local, x_all, row_offset, n, block, cfg.dcscore_temperature)
+        pairs = pair_summary(nearest, dc_sum, valid, cfg.near_duplicate_threshold)
+        stats.update({name: jax.lax.psum(value, axes) for name, value in pairs.items()})
+        stats["kmeans_inertia"], stats["kmeans_occupancy_entropy"] = _kmeans(
+            x_local, valid, key, k, cfg.kmeans_iterations, n, axes)
+        if _route(n, d, cfg) == "gram":
+            stats["gram"] = jnp.matmul(x_all, x_all.T, precision=HIGHEST)  # n x n, only when n <= d
+        return stats
+
+    stats = jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(axes, None), PartitionSpec()),
+                          out_specs=PartitionSpec(), check_vma=False)(x_padded, key)
+    out = spectrum_metrics(jnp.linalg.eigvalsh(stats["gram"] / n), cfg.logdet_ridge)
+    out["mean_cosine_distance"] = mean_cosine_distance(stats["sum_vector"], stats["sum_sq_norms"], n)
+    for name in ("chamfer_distance", "near_duplicate_rate", "dcscore"):
+        out[name] = stats[name] / (n if name != "dcscore" else 1)
+    out["kmeans_inertia"] = stats["kmeans_inertia"]
+    out["kmeans_occupancy_entropy"] = stats["kmeans_occupancy_entropy"]
+    return out
+
+
+def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over `devices` (default: all); the kernel shards rows over all its axes."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices, dtype=object), ("data",))
+
+
+def embedding_diversity(x: np.ndarray | jax.Array, cfg: DiversityConfig = DiversityConfig(), *,
+                        mesh: Mesh | None = None, check: bool = True) -> dict[str, float]:
+    """Every set-level embedding metric of the (n, d) matrix `x` (rows need not be normalised).
+
+    Rows are sharded over every axis of `mesh` (default: all devices). Raises EmbeddingError
+    for n < 2, NaN/Inf or all-zero rows, naming the row.
+    """
+    mesh = default_mesh() if mesh is None else mesh
+    if check:
+        check_embeddings(x)
+    n, d = x.shape
+    _, n_pad = _layout(n, mesh.size, cfg.block_size)
+    x = jnp.pad(jnp.asarray(x, jnp.float32), ((0, n_pad - n), (0, 0)))
+    x = jax.device_put(x, NamedSharding(mesh, PartitionSpec(mesh.axis_names, None)))
+    out = _diversity_kernel(x, jax.random.key(cfg.seed), n=n, cfg=cfg, mesh=mesh)
+    return {name: float(out[name]) for name in METRIC_NAMES}
