@@ -147,9 +147,13 @@ def pair_tile_stats(rows: jax.Array, row_ids: jax.Array, cols: jax.Array, col_id
     return nearest, dc_sum
 
 
-def _pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, n: int, block: int,
-                tau: float) -> tuple[jax.Array, jax.Array]:
-    """Nearest-other cosine and DCScore row sums of the local rows, over all columns, tile by tile."""
+def pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, col_offset: jax.Array,
+               n: int, block: int, tau: float) -> tuple[jax.Array, jax.Array]:
+    """Nearest-other cosine and DCScore row sums of `x_local`'s rows over `x_all`'s columns.
+
+    Tile by tile (block x block); both row counts are multiples of `block`. The offsets are the
+    global ids of the first row / column, so padding (ids >= n) and self-pairs are recognised.
+    """
     n_local, n_all = x_local.shape[0], x_all.shape[0]
 
     def row_block(r, carry):
@@ -159,7 +163,8 @@ def _pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, n: 
 
         def col_block(c, acc):
             cols = jax.lax.dynamic_slice_in_dim(x_all, c * block, block)
-            nearest, dc_sum = pair_tile_stats(rows, row_ids, cols, c * block + jnp.arange(block), n, tau)
+            col_ids = col_offset + c * block + jnp.arange(block)
+            nearest, dc_sum = pair_tile_stats(rows, row_ids, cols, col_ids, n, tau)
             return jnp.maximum(acc[0], nearest), acc[1] + dc_sum
 
         init = (jnp.full((block,), -jnp.inf, jnp.float32), jnp.zeros((block,), jnp.float32))
@@ -220,29 +225,38 @@ def _kmeans_plus_plus(x_local, valid, key, k, n, axes, n_local):
     return centers
 
 
+def lloyd_partials(x: jax.Array, weights: jax.Array, centers: jax.Array):
+    """Per-cluster sums, counts and the weighted sum of min squared distances of some rows."""
+    d2 = _squared_distances(x, centers)
+    onehot = jax.nn.one_hot(jnp.argmin(d2, axis=1), centers.shape[0], dtype=jnp.float32) * weights[:, None]
+    return (jnp.matmul(onehot.T, x, precision=HIGHEST), jnp.sum(onehot, axis=0),
+            jnp.sum(jnp.min(d2, axis=1) * weights))
+
+
+def lloyd_update(centers: jax.Array, sums: jax.Array, counts: jax.Array) -> jax.Array:
+    # An empty cluster keeps its centre instead of dividing by zero.
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
+
+
+def occupancy_entropy(counts: jax.Array) -> jax.Array:
+    p = counts / jnp.sum(counts)
+    return jnp.maximum(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)), 0.0)
+
+
 def _kmeans(x_local, valid, key, k, iterations, n, axes):
     centers = _kmeans_plus_plus(x_local, valid, key, k, n, axes, x_local.shape[0])
     weights = valid.astype(jnp.float32)
 
-    def assign(centers):
-        d2 = _squared_distances(x_local, centers)
-        return jnp.argmin(d2, axis=1), jnp.min(d2, axis=1)
+    def global_partials(centers):
+        return jax.lax.psum(lloyd_partials(x_local, weights, centers), axes)
 
     def lloyd(_, centers):
-        labels, _ = assign(centers)
-        onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32) * weights[:, None]
-        sums = jax.lax.psum(jnp.matmul(onehot.T, x_local, precision=HIGHEST), axes)
-        counts = jax.lax.psum(jnp.sum(onehot, axis=0), axes)
-        # An empty cluster keeps its centre instead of dividing by zero.
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
+        sums, counts, _ = global_partials(centers)
+        return lloyd_update(centers, sums, counts)
 
     centers = jax.lax.fori_loop(0, iterations, lloyd, centers)
-    labels, d2 = assign(centers)
-    counts = jax.lax.psum(jnp.sum(jax.nn.one_hot(labels, k) * weights[:, None], axis=0), axes)
-    inertia = jax.lax.psum(jnp.sum(d2 * weights), axes) / n
-    p = counts / n
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    return inertia, entropy
+    _, counts, inertia = global_partials(centers)
+    return inertia / n, occupancy_entropy(counts)
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +291,7 @@ def _diversity_kernel(x_padded: jax.Array, key: jax.Array, *, n: int, cfg: Diver
         stats = {"gram": jax.lax.psum(jnp.matmul(x_local.T, x_local, precision=HIGHEST), axes),
                  "sum_vector": jax.lax.psum(jnp.sum(x_local, axis=0), axes),
                  "sum_sq_norms": jax.lax.psum(jnp.sum(x_local * x_local), axes)}
-        nearest, dc_sum = _pair_terms(x_local, x_all, row_offset, n, block, cfg.dcscore_temperature)
+        nearest, dc_sum = pair_terms(x_local, x_all, row_offset, 0, n, block, cfg.dcscore_temperature)
         pairs = pair_summary(nearest, dc_sum, valid, cfg.near_duplicate_threshold)
         stats.update({name: jax.lax.psum(value, axes) for name, value in pairs.items()})
         stats["kmeans_inertia"], stats["kmeans_occupancy_entropy"] = _kmeans(
@@ -288,12 +302,17 @@ def _diversity_kernel(x_padded: jax.Array, key: jax.Array, *, n: int, cfg: Diver
 
     stats = jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(axes, None), PartitionSpec()),
                           out_specs=PartitionSpec(), check_vma=False)(x_padded, key)
+    return summarize(stats, n, cfg)
+
+
+def summarize(stats: dict[str, jax.Array], n: int, cfg: DiversityConfig) -> dict[str, jax.Array]:
+    """Reduced statistics (Gram matrix, sums, pair sums, k-means results) -> the metrics."""
     out = spectrum_metrics(jnp.linalg.eigvalsh(stats["gram"] / n), cfg.logdet_ridge)
     out["mean_cosine_distance"] = mean_cosine_distance(stats["sum_vector"], stats["sum_sq_norms"], n)
-    for name in ("chamfer_distance", "near_duplicate_rate", "dcscore"):
-        out[name] = stats[name] / (n if name != "dcscore" else 1)
-    out["kmeans_inertia"] = stats["kmeans_inertia"]
-    out["kmeans_occupancy_entropy"] = stats["kmeans_occupancy_entropy"]
+    for name in ("chamfer_distance", "near_duplicate_rate"):
+        out[name] = stats[name] / n
+    for name in ("dcscore", "kmeans_inertia", "kmeans_occupancy_entropy"):
+        out[name] = stats[name]
     return out
 
 
