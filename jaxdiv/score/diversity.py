@@ -133,18 +133,65 @@ def mean_cosine_distance(sum_vector: jax.Array, sum_sq_norms: jax.Array, n: int)
 # The blocked n x n terms.
 
 def pair_tile_stats(rows: jax.Array, row_ids: jax.Array, cols: jax.Array, col_ids: jax.Array,
-                    n: int, tau: float) -> tuple[jax.Array, jax.Array]:
-    """For each row of one tile: max cosine to a valid other column, and sum exp((cos-1)/tau).
+                    n: int, tau: float):
+    """Reductions of one cosine tile along both axes: (row max, row sum, column max, column sum).
 
-    Ids >= n are padding and are masked out; a row's own column is excluded from the maximum
-    (the chamfer neighbour is another row) and included in the DCScore sum (softmax over K's row).
+    max: the largest cosine to another valid row (the chamfer neighbour; self-pairs excluded).
+    sum: sum of exp((cos - 1)/tau) over valid rows (DCScore's softmax denominator, self included,
+    shifted by the row maximum 1/tau so nothing overflows). Ids >= n are padding and masked out.
+    The column reductions serve the symmetric schedule; where they are unused XLA drops them.
     """
     cos = jnp.matmul(rows, cols.T, precision=HIGHEST)
-    valid = (col_ids < n)[None, :]
-    other = valid & (row_ids[:, None] != col_ids[None, :])
-    nearest = jnp.max(jnp.where(other, cos, -jnp.inf), axis=1)
-    dc_sum = jnp.sum(jnp.where(valid, jnp.exp((cos - 1.0) / tau), 0.0), axis=1)
-    return nearest, dc_sum
+    valid = (row_ids < n)[:, None] & (col_ids < n)[None, :]
+    others = jnp.where(valid & (row_ids[:, None] != col_ids[None, :]), cos, -jnp.inf)
+    weights = jnp.where(valid, jnp.exp((cos - 1.0) / tau), 0.0)
+    return (jnp.max(others, axis=1), jnp.sum(weights, axis=1),
+            jnp.max(others, axis=0), jnp.sum(weights, axis=0))
+
+
+def symmetric_pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, n: int,
+                         block: int, tau: float, axes) -> tuple[jax.Array, jax.Array]:
+    """Nearest-other cosine and DCScore row sums of all rows, computing each tile pair once.
+
+    K is symmetric, so row block I visits column blocks J = I, I+1, ..., I + nb/2 (mod nb), which
+    covers every unordered pair of blocks once (with an even nb the pair at distance nb/2 would
+    come up twice, so the upper half skips it) and gives every row block the same work. A tile's
+    row reductions go to block I, its column reductions to block J; the full-length partial
+    accumulators are then combined across devices (pmax, psum).
+    """
+    n_local, n_all = x_local.shape[0], x_all.shape[0]
+    blocks, first = n_all // block, row_offset // block
+
+    def row_block(r, acc):
+        i = first + r
+        rows = jax.lax.dynamic_slice_in_dim(x_local, r * block, block)
+        row_ids = i * block + jnp.arange(block)
+
+        def step(t, acc):
+            nearest_acc, dc_acc = acc
+            j = (i + t) % blocks
+            cols = jax.lax.dynamic_slice_in_dim(x_all, j * block, block)
+            row_max, row_sum, col_max, col_sum = pair_tile_stats(
+                rows, row_ids, cols, j * block + jnp.arange(block), n, tau)
+            keep = ~((2 * t == blocks) & (2 * i >= blocks))
+            keep_cols = keep & (t > 0)  # a diagonal tile's columns are its rows
+
+            def merge(acc, at, maximum, total, use):
+                near = jax.lax.dynamic_slice_in_dim(acc[0], at * block, block)
+                dc = jax.lax.dynamic_slice_in_dim(acc[1], at * block, block)
+                near = jnp.where(use, jnp.maximum(near, maximum), near)
+                dc = jnp.where(use, dc + total, dc)
+                return (jax.lax.dynamic_update_slice_in_dim(acc[0], near, at * block, 0),
+                        jax.lax.dynamic_update_slice_in_dim(acc[1], dc, at * block, 0))
+
+            acc = merge((nearest_acc, dc_acc), i, row_max, row_sum, keep)
+            return merge(acc, j, col_max, col_sum, keep_cols)
+
+        return jax.lax.fori_loop(0, blocks // 2 + 1, step, acc)
+
+    init = (jnp.full((n_all,), -jnp.inf, jnp.float32), jnp.zeros((n_all,), jnp.float32))
+    nearest, dc_sum = jax.lax.fori_loop(0, n_local // block, row_block, init)
+    return jax.lax.pmax(nearest, axes), jax.lax.psum(dc_sum, axes)
 
 
 def pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, col_offset: jax.Array,
@@ -164,7 +211,7 @@ def pair_terms(x_local: jax.Array, x_all: jax.Array, row_offset: jax.Array, col_
         def col_block(c, acc):
             cols = jax.lax.dynamic_slice_in_dim(x_all, c * block, block)
             col_ids = col_offset + c * block + jnp.arange(block)
-            nearest, dc_sum = pair_tile_stats(rows, row_ids, cols, col_ids, n, tau)
+            nearest, dc_sum, _, _ = pair_tile_stats(rows, row_ids, cols, col_ids, n, tau)
             return jnp.maximum(acc[0], nearest), acc[1] + dc_sum
 
         init = (jnp.full((block,), -jnp.inf, jnp.float32), jnp.zeros((block,), jnp.float32))
@@ -291,9 +338,9 @@ def _diversity_kernel(x_padded: jax.Array, key: jax.Array, *, n: int, cfg: Diver
         stats = {"gram": jax.lax.psum(jnp.matmul(x_local.T, x_local, precision=HIGHEST), axes),
                  "sum_vector": jax.lax.psum(jnp.sum(x_local, axis=0), axes),
                  "sum_sq_norms": jax.lax.psum(jnp.sum(x_local * x_local), axes)}
-        nearest, dc_sum = pair_terms(x_local, x_all, row_offset, 0, n, block, cfg.dcscore_temperature)
-        pairs = pair_summary(nearest, dc_sum, valid, cfg.near_duplicate_threshold)
-        stats.update({name: jax.lax.psum(value, axes) for name, value in pairs.items()})
+        nearest, dc_sum = symmetric_pair_terms(x_local, x_all, row_offset, n, block,
+                                               cfg.dcscore_temperature, axes)
+        stats.update(pair_summary(nearest, dc_sum, jnp.arange(n_pad) < n, cfg.near_duplicate_threshold))
         stats["kmeans_inertia"], stats["kmeans_occupancy_entropy"] = _kmeans(
             x_local, valid, key, k, cfg.kmeans_iterations, n, axes)
         if _route(n, d, cfg) == "gram":
