@@ -17,6 +17,7 @@ from jaxdiv import __version__
 COMMANDS = (
     "jaxdiv.cli.assets",
     "jaxdiv.cli.tasks",
+    "jaxdiv.cli.report",
 )
 
 
@@ -38,13 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxdiv.assets import AssetError
-    from jaxdiv.configlib import ConfigError
-    from jaxdiv.data.tasks import TaskError
+    from jaxdiv.errors import JaxdivError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, AssetError, TaskError) as err:
+    except JaxdivError as err:
         print(f"jaxdiv {args.command}: error: {err}", file=sys.stderr)
         return 2
