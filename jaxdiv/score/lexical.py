@@ -132,6 +132,13 @@ def _closest_other_length(sorted_lengths: np.ndarray, length: int) -> int:
     return min(candidates, key=lambda ref: (abs(ref - length), ref))
 
 
+def self_bleu_rows(n: int, cfg: LexicalConfig) -> np.ndarray:
+    """The texts self-BLEU runs over: all of them up to the switch, else a seeded sample."""
+    if n <= cfg.self_bleu_max_exact:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.self_bleu_max_exact, replace=False))
+
+
 def lexical_metrics(texts: Sequence[str], cfg: LexicalConfig = LexicalConfig()) -> dict[str, float]:
     """Every lexical metric of a corpus (see the module docstring for the definitions)."""
     docs = [tokenize(t) for t in texts]
@@ -139,14 +146,8 @@ def lexical_metrics(texts: Sequence[str], cfg: LexicalConfig = LexicalConfig()) 
     for n in range(1, cfg.max_n + 1):
         out[f"distinct_{n}"] = distinct_n(docs, n)
         out[f"ngram_entropy_{n}"] = ngram_entropy(docs, n)
-    sample = docs
-    if len(docs) > cfg.self_bleu_max_exact:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(docs), cfg.self_bleu_max_exact,
-                                                               replace=False))
-        sample = [docs[i] for i in keep]
+    sample = [docs[i] for i in self_bleu_rows(len(docs), cfg)]
     out["self_bleu"] = self_bleu(sample) if len(sample) >= 2 else 0.0
-    out["self_bleu_references"] = float(max(len(sample) - 1, 0))
-    out["self_bleu_sampled"] = float(len(sample) < len(docs))
     out["compression_ratio"] = compression_ratio(texts)
     out["self_repetition"] = self_repetition(docs, cfg.self_repetition_n)
     return out

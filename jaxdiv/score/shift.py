@@ -110,11 +110,14 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
 
 def shift_metrics(x: np.ndarray, y: np.ndarray, x_labels: Sequence[int] | None = None,
                   y_labels: Sequence[int] | None = None, label_names: Sequence[str] = (),
-                  cfg: ShiftConfig = ShiftConfig(), block: int = 1024) -> dict[str, float]:
-    """MMD^2 and Frechet distance of generated `x` against real `y`, overall and per label."""
-    sigma = median_bandwidth(x, y, cfg.median_sample, cfg.seed)
-    out = {"mmd2": mmd2_unbiased(x, y, sigma, block), "frechet_distance": frechet_distance(x, y),
-           "mmd_bandwidth": sigma}
+                  cfg: ShiftConfig = ShiftConfig(), sigma: float | None = None,
+                  block: int = 1024) -> dict[str, float]:
+    """MMD^2 and Frechet distance of generated `x` against real `y`, overall and per label.
+
+    `sigma` (default: the median heuristic on x and y) is the RBF width for all of them.
+    """
+    sigma = median_bandwidth(x, y, cfg.median_sample, cfg.seed) if sigma is None else sigma
+    out = {"mmd2": mmd2_unbiased(x, y, sigma, block), "frechet_distance": frechet_distance(x, y)}
     if x_labels is not None and y_labels is not None:
         x_labels, y_labels = np.asarray(x_labels), np.asarray(y_labels)
         for index, name in enumerate(label_names):

@@ -10,7 +10,7 @@ import pytest
 from jaxdiv.score.complexity import complexity_metrics
 from jaxdiv.score.config import LexicalConfig
 from jaxdiv.score.lexical import (compression_ratio, distinct_n, lexical_metrics, ngram_entropy,
-                                  self_bleu, self_repetition, tokenize)
+                                  self_bleu, self_bleu_rows, self_repetition, tokenize)
 
 
 def _diversity_module(name):
@@ -74,11 +74,11 @@ def test_self_bleu_equals_nltk_excluding_self(texts):
 
 def test_self_bleu_switches_to_a_seeded_sample(texts):
     cfg = LexicalConfig(self_bleu_max_exact=20)
+    rows = self_bleu_rows(len(texts), cfg)
+    assert len(rows) == 20 and np.array_equal(rows, self_bleu_rows(len(texts), cfg))  # seeded
     out = lexical_metrics(texts, cfg)
-    assert out["self_bleu_sampled"] == 1.0 and out["self_bleu_references"] == 19.0
-    assert lexical_metrics(texts, cfg)["self_bleu"] == out["self_bleu"]  # seeded
-    exact = lexical_metrics(texts[:20], cfg)
-    assert exact["self_bleu_sampled"] == 0.0 and exact["self_bleu_references"] == 19.0
+    assert out["self_bleu"] == pytest.approx(self_bleu([tokenize(texts[i]) for i in rows]))
+    assert np.array_equal(self_bleu_rows(20, cfg), np.arange(20))  # exact up to the switch
 
 
 def test_identical_texts_are_minimally_diverse():
