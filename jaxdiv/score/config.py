@@ -89,6 +89,8 @@ class ScoreConfig:
 
     text_column: str = param("text", help="pool column holding the text")
     label_column: str = param("label", help="pool column holding the intended label ('' for none)")
+    parse_error_column: str = param("parse_error", help="pool column whose non-empty value marks a row "
+                                                        "that failed to parse (absent: only blank texts do)")
     real: str = param("", help="a real task to measure shift and label fidelity against ('' for none)")
     task: TaskConfig = section(TaskConfig)
     mesh: MeshConfig = section(MeshConfig)

@@ -38,13 +38,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiv.score.config import DiversityConfig
+from jaxdiv.score.errors import EmbeddingError
 
 HIGHEST = jax.lax.Precision.HIGHEST
 VENDI_ORDERS = (0.5, 1.0, 2.0, math.inf)
-
-
-class EmbeddingError(ValueError):
-    """An embedding matrix cannot be scored; the message names the row."""
 
 
 def vendi_key(q: float) -> str:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import datasets
 
-
-class PoolError(ValueError):
-    """A pool cannot be read; the message names the file, column or row."""
+from jaxdiv.score.errors import PoolError
 
 
 @dataclasses.dataclass

@@ -19,7 +19,8 @@ from jax.sharding import PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxdiv.score.config import DiversityConfig
-from jaxdiv.score.diversity import (HIGHEST, METRIC_NAMES, EmbeddingError, _bad_rows,
+from jaxdiv.score.errors import EmbeddingError
+from jaxdiv.score.diversity import (HIGHEST, METRIC_NAMES, _bad_rows,
                                     _kmeans_plus_plus, default_mesh, lloyd_partials, lloyd_update,
                                     normalize_rows, occupancy_entropy, pair_summary, pair_terms,
                                     summarize)

@@ -21,7 +21,7 @@ from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.score.diversity import embedding_diversity
 from jaxdiv.score.embed import Embedder
 from jaxdiv.score.lexical import lexical_metrics, self_bleu_rows
-from jaxdiv.score.pool_reader import PoolError
+from jaxdiv.score.errors import PoolError
 from jaxdiv.score.quality import exact_duplicate_rate, predict, train_probe
 from jaxdiv.score.shift import median_bandwidth, shift_metrics
 from jaxdiv.sharding import make_mesh

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxdiv.score.config import DiversityConfig
-from jaxdiv.score.diversity import EmbeddingError, default_mesh, embedding_diversity
+from jaxdiv.score.diversity import default_mesh, embedding_diversity
+from jaxdiv.score.errors import EmbeddingError
 from jaxdiv.score.streaming import streaming_embedding_diversity
 
 CFG = DiversityConfig(block_size=64, dcscore_temperature=0.5, near_duplicate_threshold=0.6)
