@@ -318,35 +318,55 @@ def _route(n: int, d: int, cfg: DiversityConfig) -> str:
     return cfg.vendi_route if cfg.vendi_route != "auto" else ("dual" if n > d else "gram")
 
 
+def _local_rows(x_local: jax.Array, n: int, axes) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """This device's rows, L2-normalised, padding rows zeroed; their validity and first global id."""
+    row_offset = jax.lax.axis_index(axes) * x_local.shape[0]
+    valid = (row_offset + jnp.arange(x_local.shape[0])) < n
+    x_local = jnp.where(valid[:, None], normalize_rows(jnp.where(valid[:, None], x_local, 1.0)), 0.0)
+    return x_local, valid, row_offset
+
+
+def _spectrum_matrix(x_local: jax.Array, n: int, cfg: DiversityConfig, axes) -> jax.Array:
+    """X^T X (d x d, psum of the devices' partial sums) when n > d, else the n x n Gram XX^T."""
+    if _route(n, x_local.shape[1], cfg) == "gram":
+        x_all = jax.lax.all_gather(x_local, axes, tiled=True)
+        return jnp.matmul(x_all, x_all.T, precision=HIGHEST)
+    return jax.lax.psum(jnp.matmul(x_local.T, x_local, precision=HIGHEST), axes)
+
+
 @functools.partial(jax.jit, static_argnames=("n", "cfg", "mesh"))
 def _diversity_kernel(x_padded: jax.Array, key: jax.Array, *, n: int, cfg: DiversityConfig,
                       mesh: Mesh) -> dict[str, jax.Array]:
     axes = mesh.axis_names
-    n_pad, d = x_padded.shape
+    n_pad = x_padded.shape[0]
     block, _ = _layout(n, mesh.size, cfg.block_size)
     k = min(cfg.kmeans_clusters, n)
 
     def per_device(x_local, key):
-        n_local = x_local.shape[0]
-        row_offset = jax.lax.axis_index(axes) * n_local
-        valid = (row_offset + jnp.arange(n_local)) < n
-        x_local = jnp.where(valid[:, None], normalize_rows(jnp.where(valid[:, None], x_local, 1.0)), 0.0)
-        x_all = jax.lax.all_gather(x_local, axes, tiled=True)
-        stats = {"gram": jax.lax.psum(jnp.matmul(x_local.T, x_local, precision=HIGHEST), axes),
+        x_local, valid, row_offset = _local_rows(x_local, n, axes)
+        stats = {"gram": _spectrum_matrix(x_local, n, cfg, axes),
                  "sum_vector": jax.lax.psum(jnp.sum(x_local, axis=0), axes),
                  "sum_sq_norms": jax.lax.psum(jnp.sum(x_local * x_local), axes)}
+        x_all = jax.lax.all_gather(x_local, axes, tiled=True)
         nearest, dc_sum = symmetric_pair_terms(x_local, x_all, row_offset, n, block,
                                                cfg.dcscore_temperature, axes)
         stats.update(pair_summary(nearest, dc_sum, jnp.arange(n_pad) < n, cfg.near_duplicate_threshold))
         stats["kmeans_inertia"], stats["kmeans_occupancy_entropy"] = _kmeans(
             x_local, valid, key, k, cfg.kmeans_iterations, n, axes)
-        if _route(n, d, cfg) == "gram":
-            stats["gram"] = jnp.matmul(x_all, x_all.T, precision=HIGHEST)  # n x n, only when n <= d
         return stats
 
     stats = jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(axes, None), PartitionSpec()),
                           out_specs=PartitionSpec(), check_vma=False)(x_padded, key)
     return summarize(stats, n, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "cfg", "mesh"))
+def _spectrum_kernel(x_padded: jax.Array, *, n: int, cfg: DiversityConfig, mesh: Mesh) -> dict[str, jax.Array]:
+    axes = mesh.axis_names
+    matrix = jax.shard_map(lambda x: _spectrum_matrix(_local_rows(x, n, axes)[0], n, cfg, axes), mesh=mesh,
+                           in_specs=PartitionSpec(axes, None), out_specs=PartitionSpec(),
+                           check_vma=False)(x_padded)
+    return spectrum_metrics(jnp.linalg.eigvalsh(matrix / n), cfg.logdet_ridge)
 
 
 def summarize(stats: dict[str, jax.Array], n: int, cfg: DiversityConfig) -> dict[str, jax.Array]:
@@ -366,6 +386,14 @@ def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices, dtype=object), ("data",))
 
 
+def _sharded_rows(x, cfg: DiversityConfig, mesh: Mesh, check: bool) -> jax.Array:
+    if check:
+        check_embeddings(x)
+    _, n_pad = _layout(x.shape[0], mesh.size, cfg.block_size)
+    x = jnp.pad(jnp.asarray(x, jnp.float32), ((0, n_pad - x.shape[0]), (0, 0)))
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(mesh.axis_names, None)))
+
+
 def embedding_diversity(x: np.ndarray | jax.Array, cfg: DiversityConfig = DiversityConfig(), *,
                         mesh: Mesh | None = None, check: bool = True) -> dict[str, float]:
     """Every set-level embedding metric of the (n, d) matrix `x` (rows need not be normalised).
@@ -374,11 +402,14 @@ def embedding_diversity(x: np.ndarray | jax.Array, cfg: DiversityConfig = Divers
     for n < 2, NaN/Inf or all-zero rows, naming the row.
     """
     mesh = default_mesh() if mesh is None else mesh
-    if check:
-        check_embeddings(x)
-    n, d = x.shape
-    _, n_pad = _layout(n, mesh.size, cfg.block_size)
-    x = jnp.pad(jnp.asarray(x, jnp.float32), ((0, n_pad - n), (0, 0)))
-    x = jax.device_put(x, NamedSharding(mesh, PartitionSpec(mesh.axis_names, None)))
-    out = _diversity_kernel(x, jax.random.key(cfg.seed), n=n, cfg=cfg, mesh=mesh)
+    rows = _sharded_rows(x, cfg, mesh, check)
+    out = _diversity_kernel(rows, jax.random.key(cfg.seed), n=x.shape[0], cfg=cfg, mesh=mesh)
     return {name: float(out[name]) for name in METRIC_NAMES}
+
+
+def vendi_scores(x: np.ndarray | jax.Array, cfg: DiversityConfig = DiversityConfig(), *,
+                 mesh: Mesh | None = None, check: bool = True) -> dict[str, float]:
+    """Only the spectrum metrics (Vendi at every order, log-det, effective rank): O(nd^2 + d^3)."""
+    mesh = default_mesh() if mesh is None else mesh
+    out = _spectrum_kernel(_sharded_rows(x, cfg, mesh, check), n=x.shape[0], cfg=cfg, mesh=mesh)
+    return {name: float(value) for name, value in out.items()}

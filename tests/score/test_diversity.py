@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxdiv.score.config import DiversityConfig
-from jaxdiv.score.diversity import default_mesh, embedding_diversity
+from jaxdiv.score.diversity import default_mesh, embedding_diversity, vendi_scores
 from jaxdiv.score.errors import EmbeddingError
 from jaxdiv.score.streaming import streaming_embedding_diversity
 
@@ -79,6 +79,9 @@ def test_vendi_equals_vendi_score_package(scored):
     assert eight["vendi_q1"] == pytest.approx(vendi.score_K(xn @ xn.T), rel=1e-5)
     for q in (0.5, 2, "inf"):
         assert eight[f"vendi_q{q}"] == pytest.approx(vendi.score_K(xn @ xn.T, q=q), rel=1e-5)
+    spectrum_only = vendi_scores(x, CFG)
+    for name, value in spectrum_only.items():
+        assert value == pytest.approx(eight[name], rel=1e-6), name
 
 
 def test_vendi_does_not_depend_on_route():
