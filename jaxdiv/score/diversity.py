@@ -322,8 +322,10 @@ def _local_rows(x_local: jax.Array, n: int, axes) -> tuple[jax.Array, jax.Array,
     """This device's rows, L2-normalised, padding rows zeroed; their validity and first global id."""
     row_offset = jax.lax.axis_index(axes) * x_local.shape[0]
     valid = (row_offset + jnp.arange(x_local.shape[0])) < n
-    x_local = jnp.where(valid[:, None], normalize_rows(jnp.where(valid[:, None], x_local, 1.0)), 0.0)
-    return x_local, valid, row_offset
+    x_local = x_local.astype(jnp.float32)
+    norms = jnp.linalg.norm(x_local, axis=1)
+    # One fused scaling pass; padding rows (and zero rows, rejected earlier by the check) stay 0.
+    return x_local * jnp.where(valid & (norms > 0), 1.0 / norms, 0.0)[:, None], valid, row_offset
 
 
 def _spectrum_matrix(x_local: jax.Array, n: int, cfg: DiversityConfig, axes) -> jax.Array:
@@ -366,12 +368,24 @@ def _spectrum_kernel(x_padded: jax.Array, *, n: int, cfg: DiversityConfig, mesh:
     matrix = jax.shard_map(lambda x: _spectrum_matrix(_local_rows(x, n, axes)[0], n, cfg, axes), mesh=mesh,
                            in_specs=PartitionSpec(axes, None), out_specs=PartitionSpec(),
                            check_vma=False)(x_padded)
-    return spectrum_metrics(jnp.linalg.eigvalsh(matrix / n), cfg.logdet_ridge)
+    return spectrum_metrics(eigenvalues(matrix / n), cfg.logdet_ridge)
+
+
+def eigenvalues(matrix: jax.Array) -> jax.Array:
+    """Eigenvalues of a small symmetric matrix (d x d, or n x n with n <= d), in float64 on the host.
+
+    The matrix is tiny next to the O(nd^2) product that built it; LAPACK in float64 is both more
+    accurate than float32 and, on CPU, steadier than XLA's eigh under thread contention.
+    """
+    def host(m):
+        return np.linalg.eigvalsh(np.asarray(m, np.float64)).astype(np.float32)
+
+    return jax.pure_callback(host, jax.ShapeDtypeStruct(matrix.shape[:1], jnp.float32), matrix)
 
 
 def summarize(stats: dict[str, jax.Array], n: int, cfg: DiversityConfig) -> dict[str, jax.Array]:
     """Reduced statistics (Gram matrix, sums, pair sums, k-means results) -> the metrics."""
-    out = spectrum_metrics(jnp.linalg.eigvalsh(stats["gram"] / n), cfg.logdet_ridge)
+    out = spectrum_metrics(eigenvalues(stats["gram"] / n), cfg.logdet_ridge)
     out["mean_cosine_distance"] = mean_cosine_distance(stats["sum_vector"], stats["sum_sq_norms"], n)
     for name in ("chamfer_distance", "near_duplicate_rate"):
         out[name] = stats[name] / n
@@ -386,11 +400,15 @@ def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices, dtype=object), ("data",))
 
 
-def _sharded_rows(x, cfg: DiversityConfig, mesh: Mesh, check: bool) -> jax.Array:
+def _sharded_rows(x, mesh: Mesh, check: bool, block_size: int | None) -> jax.Array:
+    """`x` as float32, zero-padded (to the tile layout, or just to the device count) and row-sharded."""
     if check:
         check_embeddings(x)
-    _, n_pad = _layout(x.shape[0], mesh.size, cfg.block_size)
-    x = jnp.pad(jnp.asarray(x, jnp.float32), ((0, n_pad - x.shape[0]), (0, 0)))
+    n = x.shape[0]
+    n_pad = _layout(n, mesh.size, block_size)[1] if block_size else -(-n // mesh.size) * mesh.size
+    x = jnp.asarray(x, jnp.float32)
+    if n_pad > n:
+        x = jnp.pad(x, ((0, n_pad - n), (0, 0)))
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(mesh.axis_names, None)))
 
 
@@ -402,7 +420,7 @@ def embedding_diversity(x: np.ndarray | jax.Array, cfg: DiversityConfig = Divers
     for n < 2, NaN/Inf or all-zero rows, naming the row.
     """
     mesh = default_mesh() if mesh is None else mesh
-    rows = _sharded_rows(x, cfg, mesh, check)
+    rows = _sharded_rows(x, mesh, check, cfg.block_size)
     out = _diversity_kernel(rows, jax.random.key(cfg.seed), n=x.shape[0], cfg=cfg, mesh=mesh)
     return {name: float(out[name]) for name in METRIC_NAMES}
 
@@ -411,5 +429,5 @@ def vendi_scores(x: np.ndarray | jax.Array, cfg: DiversityConfig = DiversityConf
                  mesh: Mesh | None = None, check: bool = True) -> dict[str, float]:
     """Only the spectrum metrics (Vendi at every order, log-det, effective rank): O(nd^2 + d^3)."""
     mesh = default_mesh() if mesh is None else mesh
-    out = _spectrum_kernel(_sharded_rows(x, cfg, mesh, check), n=x.shape[0], cfg=cfg, mesh=mesh)
+    out = _spectrum_kernel(_sharded_rows(x, mesh, check, None), n=x.shape[0], cfg=cfg, mesh=mesh)
     return {name: float(value) for name, value in out.items()}

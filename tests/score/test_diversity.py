@@ -147,7 +147,7 @@ def test_streaming_from_disk_equals_in_memory(tmp_path, scored):
         if name.startswith("kmeans"):
             continue  # seeded on a sample, so a different (equally valid) local optimum
         assert streamed[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
-    assert streamed["kmeans_inertia"] == pytest.approx(one["kmeans_inertia"], rel=0.2)
+    assert streamed["kmeans_inertia"] == pytest.approx(one["kmeans_inertia"], rel=0.2, abs=1e-6)
 
 
 def test_streaming_names_the_bad_row(tmp_path):
