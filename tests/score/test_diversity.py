@@ -1,6 +1,5 @@
 """The embedding-diversity kernel against float64 numpy, vendi-score, and the diversity package."""
 
-import importlib.util
 import math
 
 import jax
@@ -11,6 +10,8 @@ from jaxdiv.score.config import DiversityConfig
 from jaxdiv.score.diversity import default_mesh, embedding_diversity, vendi_scores
 from jaxdiv.score.errors import EmbeddingError
 from jaxdiv.score.streaming import streaming_embedding_diversity
+
+from .peers import diversity_module
 
 CFG = DiversityConfig(block_size=64, dcscore_temperature=0.5, near_duplicate_threshold=0.6)
 # n > d (dual route), n < d (n x n route), both with padding to the 8-device block layout.
@@ -158,23 +159,13 @@ def test_streaming_names_the_bad_row(tmp_path):
         streaming_embedding_diversity(tmp_path / "x.npy", CFG, chunk_rows=32, progress=False)
 
 
-def _diversity_module(name: str):
-    """A submodule of the `diversity` package, loaded by file: its __init__ imports spacy."""
-    spec = importlib.util.find_spec("diversity")
-    location = spec.submodule_search_locations[0]
-    module_spec = importlib.util.spec_from_file_location(f"diversity_{name}", f"{location}/{name}.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.torch
 def test_relation_to_diversity_package_remote_clique_and_chamfer(minilm_dir):
     """`diversity` averages the n x n distance matrix *with* its zero diagonal: theirs = ours (n-1)/n."""
     pytest.importorskip("torch")
     from sentence_transformers import SentenceTransformer
 
-    embedding = _diversity_module("embedding")
+    embedding = diversity_module("embedding")
     texts = ["How far is the moon?", "Who wrote Hamlet?", "What is the capital of Peru?",
              "How far away is the moon?", "Name a large river in Africa.", "Why is the sky blue?"]
     x = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)

@@ -1,7 +1,6 @@
 """Lexical metrics and complexity proxies vs straightforward references, NLTK, and `diversity`."""
 
 import gzip
-import importlib.util
 import math
 
 import numpy as np
@@ -12,14 +11,7 @@ from jaxdiv.score.config import LexicalConfig
 from jaxdiv.score.lexical import (compression_ratio, distinct_n, lexical_metrics, ngram_entropy,
                                   self_bleu, self_bleu_rows, self_repetition, tokenize)
 
-
-def _diversity_module(name):
-    """A submodule of `diversity`, loaded by file (the package's __init__ needs spacy)."""
-    location = importlib.util.find_spec("diversity").submodule_search_locations[0]
-    spec = importlib.util.spec_from_file_location(f"diversity_{name}", f"{location}/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .peers import diversity_module
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def test_distinct_n_and_entropy_small_example():
 
 def test_distinct_n_relation_to_diversity_package(texts):
     """`diversity` sums distinct-1..4 over the whitespace-joined corpus (n-grams cross documents)."""
-    theirs = _diversity_module("ngram_diversity").ngram_diversity_score(texts, 4)
+    theirs = diversity_module("ngram_diversity").ngram_diversity_score(texts, 4)
     joined = [" ".join(texts).split(" ")]
     assert theirs == pytest.approx(round(sum(distinct_n(joined, n) for n in range(1, 5)), 3), abs=1e-12)
     ours = [distinct_n([tokenize(t) for t in texts], n) for n in range(1, 5)]
@@ -50,7 +42,7 @@ def test_distinct_n_relation_to_diversity_package(texts):
 
 
 def test_self_repetition_equals_diversity_package_on_same_tokens(texts):
-    theirs = _diversity_module("self_repetition").self_repetition_score(texts, n=2, verbose=False)
+    theirs = diversity_module("self_repetition").self_repetition_score(texts, n=2, verbose=False)
     assert self_repetition([t.split() for t in texts], 2) == pytest.approx(theirs, rel=1e-12)
 
 
@@ -58,7 +50,7 @@ def test_compression_ratio_and_relation_to_diversity_package(texts):
     raw = "\n".join(texts).encode()
     assert compression_ratio(texts) == pytest.approx(len(raw) / len(gzip.compress(raw, 9, mtime=0)))
     # `diversity` gzips the already gzipped bytes (a gzip file around gzip.compress): a smaller ratio.
-    theirs = _diversity_module("compression").compression_ratio(texts, "gzip")
+    theirs = diversity_module("compression").compression_ratio(texts, "gzip")
     assert theirs < compression_ratio(texts) * 0.99
 
 
