@@ -17,6 +17,7 @@ from jaxdiv import __version__
 COMMANDS = (
     "jaxdiv.cli.assets",
     "jaxdiv.cli.tasks",
+    "jaxdiv.cli.score",
     "jaxdiv.cli.train",
     "jaxdiv.cli.report",
 )
