@@ -1,0 +1,19 @@
+"""Fixtures for the generate tests."""
+
+import pytest
+
+from tests.models.conftest import load_smollm2
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    return load_smollm2(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_generator(smollm2):
+    """The real generator with the buckets the generate tests share (one set of compiles)."""
+    from jaxdiv.generate.sampler import JaxGenerator
+
+    model, tokenizer = smollm2
+    return JaxGenerator(model, tokenizer, batch_buckets=(8,), prompt_buckets=(64, 128), decode_chunk=8)
