@@ -74,6 +74,8 @@ class RecipeConfig:
         (0.95, 0.8, 0.6, 0.4, 0.2, 0.1, 0.0),
         help="paraphrase recipe: share of rows replaced by paraphrases of seed rows at D0..D6")
     paraphrase_seeds: int = param(8, ge=1, help="paraphrase recipe: how many seed rows are paraphrased")
+    paraphrase_base_level: int = param(3, ge=0, le=6, help="paraphrase recipe: the topic level of "
+                                       "the rows that are not paraphrases")
     temperatures: tuple[float, ...] = param((0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3),
                                             help="temperature recipe: sampling temperature at D0..D6")
     few_shot: int = param(3, ge=0, help="real training examples shown in each prompt")

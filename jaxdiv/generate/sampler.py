@@ -78,22 +78,55 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, m
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, neg_inf, logits)
     if use_top_p:
-        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-        keep = before < top_p[:, None]
-        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, neg_inf, logits)
+        logits = jnp.where(nucleus_mask(jax.nn.softmax(logits, axis=-1), top_p), logits, neg_inf)
     probs = jax.nn.softmax(logits, axis=-1)
     floor = min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
     return jnp.where(probs < floor, neg_inf, logits)
 
 
+def nucleus_mask(probs: jax.Array, top_p: jax.Array, candidates: int = 256,
+                 iterations: int = 32) -> jax.Array:
+    """(B, V) bool: the top-p nucleus, i.e. the most likely tokens up to and including the one
+    whose cumulative mass first reaches top_p.
+
+    Sorting the vocabulary every step is slow on a CPU, so the nucleus is found among the
+    `candidates` most likely tokens (`lax.top_k`). Rows whose nucleus is larger (very flat
+    distributions) fall back to a bisection for tau = max{t : mass(p >= t) >= top_p} over
+    the whole vocabulary; both are exact (up to ties closer than max_prob / 2**iterations).
+    """
+    top = jax.lax.top_k(probs, min(candidates, probs.shape[-1]))[0]
+    reached = jnp.cumsum(top, axis=-1) >= top_p[:, None]
+    threshold = jnp.take_along_axis(top, jnp.argmax(reached, axis=-1)[:, None], axis=-1)[:, 0]
+    covered = reached[:, -1]
+
+    def bisected():
+        def mass(t):
+            return jnp.sum(jnp.where(probs >= t[:, None], probs, 0.0), axis=-1)
+
+        def step(_, bounds):
+            low, high = bounds
+            mid = 0.5 * (low + high)
+            enough = mass(mid) >= top_p
+            return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
+
+        high = jnp.max(probs, axis=-1) * (1 + 1e-6) + 1e-30  # mass(high) = 0 < top_p
+        low, _ = jax.lax.fori_loop(0, iterations, step, (jnp.zeros_like(high), high))
+        return jnp.where(covered, threshold, low)
+
+    threshold = jax.lax.cond(jnp.all(covered), lambda: threshold, bisected)
+    return probs >= threshold[:, None]
+
+
 def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool):
     """One token per row: argmax where temperature == 0, else a draw with the row's own key."""
-    filtered = filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p)
-    drawn = jax.vmap(jax.random.categorical)(keys, filtered)
-    return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw():
+        filtered = filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p)
+        drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    return jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
 
 
 def _bucket(value: int, buckets: Sequence[int], what: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxdiv.generate.sampler import (GenerationError, JaxGenerator, Request, SamplingParams,
-                                     filter_logits, sample_tokens)
+                                     filter_logits, nucleus_mask, sample_tokens)
 from jaxdiv.models import llama
 
 FIXTURE = Path(__file__).parent / "fixtures" / "greedy_reference.json"
@@ -83,6 +83,24 @@ def test_filters_keep_the_reference_token_sets(top_k, top_p, min_p):
         np.testing.assert_array_equal(kept[row], expected)
         np.testing.assert_allclose(filtered[row][kept[row]], logits[row][kept[row]] / temperature[row],
                                    rtol=1e-6)
+
+
+@pytest.mark.parametrize("candidates", [3, 64])
+def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates):
+    """Rows whose nucleus exceeds the candidate count take the bisection path; both exact."""
+    rng = np.random.default_rng(candidates)
+    logits = rng.normal(0, 1, (5, 40)) * np.array([[0.1], [1.0], [3.0], [6.0], [0.5]])
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    top_p = np.array([0.9, 0.5, 0.95, 0.3, 0.99])
+    got = np.asarray(nucleus_mask(jnp.asarray(probs, jnp.float32), jnp.asarray(top_p, jnp.float32),
+                                  candidates=candidates))
+    for row in range(5):
+        order = np.argsort(-probs[row])
+        above = np.cumsum(probs[row][order]) - probs[row][order]
+        expected = np.zeros(40, bool)
+        expected[order[above < top_p[row]]] = True
+        np.testing.assert_array_equal(got[row], expected)
 
 
 def test_draws_follow_the_filtered_distribution():
