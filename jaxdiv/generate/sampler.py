@@ -26,9 +26,10 @@ from flax import nnx
 from jaxdiv import sharding as shd
 from jaxdiv.models.llama import KVCache, Llama, positions_from_mask
 from jaxdiv.models.tokenizer import ChatTokenizer
+from jaxdiv.errors import JaxdivError
 
 
-class GenerationError(ValueError):
+class GenerationError(JaxdivError, ValueError):
     """A generation request cannot be served (names the row and what is wrong)."""
 
 
