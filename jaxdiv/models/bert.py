@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiv.errors import JaxdivError
 
-class WeightsError(ValueError):
+
+class WeightsError(JaxdivError, ValueError):
     """A weights file or model config is missing, malformed or does not fit the model."""
 
 
