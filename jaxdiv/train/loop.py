@@ -110,10 +110,10 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
     steps = total_steps(optim, len(train))
     mesh = make_mesh(cfg.mesh)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (optim.batch_size // optim.grad_accum) % shards or optim.eval_batch_size % shards:
-        raise ConfigError(f"optim.batch_size / optim.grad_accum = {optim.batch_size // optim.grad_accum} and "
-                          f"optim.eval_batch_size = {optim.eval_batch_size} must divide by the {shards} "
-                          f"batch shards of mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
+    if optim.batch_size % shards or optim.eval_batch_size % shards:
+        raise ConfigError(f"optim.batch_size={optim.batch_size} and optim.eval_batch_size="
+                          f"{optim.eval_batch_size} must divide by the {shards} batch shards of mesh "
+                          f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
     tx = make_optimizer(optim, decayed_keys(spec))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     abstract, shardings = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, steps,

@@ -34,6 +34,7 @@ def test_each_run_equals_the_run_alone(trec_rows, tmp_path):
             assert results[index]["eval"]["test"][metric] == pytest.approx(value, abs=1e-5)
 
 
+@pytest.mark.slow  # a second engine compile (~30 s); the default run covers the engine above
 def test_runs_sharing_a_frozen_encoder_hold_it_once(trec_rows, tmp_path):
     """Runs with the same init (here: the same seed) share their frozen layers without a run
     axis; each still equals its run alone. The run axis is sharded over data=2."""
