@@ -133,15 +133,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8, help="R for the ablation engine")
     parser.add_argument("--rows-per-run", type=int, default=160)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--sections", default="step,runs", help="comma-separated: step (jaxdiv vs PyTorch), "
+                                                                "runs (vmapped vs sequential)")
     args = parser.parse_args()
 
-    from jaxdiv import assets
     from jaxdiv.data.tasks import TaskConfig, load_task
 
     task = load_task(TaskConfig(name="trec"))
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
     peak = matmul_gflops()
     print(f"f32 matmul 2048^3: {peak:.0f} GFLOP/s")
+
+    sections = set(args.sections.split(","))
+    if "step" in sections:
+        step_table(args, task, peak)
+    if "runs" in sections:
+        runs_table(args, task)
+
+
+def step_table(args, task, peak: float) -> None:
+    from jaxdiv import assets
 
     seconds, flops, host = jaxdiv_step(task, args.steps, args.batch, args.length)
     rows = [("jaxdiv (jit, AdamW)", seconds)]
@@ -159,6 +170,8 @@ def main() -> None:
     if len(rows) == 2:
         print(f"jaxdiv / PyTorch examples/s: {rows[1][1] / rows[0][1]:.2f}x")
 
+
+def runs_table(args, task) -> None:
     vmapped, sequential = ablation_runs(task, args.runs, args.rows_per_run)
     print(f"\nAblation engine: {args.runs} runs x {args.rows_per_run} rows (frozen encoder, top layer + "
           f"head trained, batch 16, seq 32), wall time incl. load, compile, eval")

@@ -41,6 +41,20 @@ class EncodedRows:
                 "labels": self.labels[index]}
 
 
+def load_table(path: str | Path):
+    """A CSV / JSONL / parquet file as a `datasets.Dataset`."""
+    import datasets
+
+    path = Path(path)
+    builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+    if not path.is_file() or builder is None:
+        raise DataError(f"{path} is not an existing .csv, .jsonl or .parquet file")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # the loaders raise several kinds for a malformed file
+        raise DataError(f"{path}: could not be read as {builder}: {err}") from err
+
+
 def read_rows(source: Any, label_names: Sequence[str] | None = None, *, what: str = "rows"
               ) -> tuple[list[str], list[int], tuple[str, ...]]:
     """(texts, label ids, label names) from a `datasets.Dataset`, a list of dicts, or a
@@ -53,12 +67,7 @@ def read_rows(source: Any, label_names: Sequence[str] | None = None, *, what: st
     import datasets
 
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-        if not path.is_file() or builder is None:
-            raise DataError(f"{what}: {path} is not a .csv, .jsonl or .parquet file")
-        source = datasets.load_dataset(builder, data_files=str(path), split="train")
-        what = str(path)
+        source, what = load_table(source), str(source)
     if isinstance(source, datasets.Dataset):
         feature = source.features.get("label")
         if label_names is None and isinstance(feature, datasets.ClassLabel):

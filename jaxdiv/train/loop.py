@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxdiv import configlib
+from jaxdiv.configlib import ConfigError
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
 from jaxdiv.sharding import batch_sharding, make_mesh
@@ -108,6 +109,11 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
     optim = cfg.optim
     steps = total_steps(optim, len(train))
     mesh = make_mesh(cfg.mesh)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if optim.batch_size % shards or optim.eval_batch_size % shards:
+        raise ConfigError(f"optim.batch_size={optim.batch_size} and optim.eval_batch_size="
+                          f"{optim.eval_batch_size} must divide by the {shards} batch shards of mesh "
+                          f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
     tx = make_optimizer(optim, decayed_keys(spec))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     abstract, shardings = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, steps,

@@ -34,7 +34,8 @@ from jaxdiv.train.checkpoint import Checkpointer
 from jaxdiv.train.config import TrainJobConfig
 from jaxdiv.train.loop import to_host, total_steps
 from jaxdiv.train.metrics import MetricsWriter, classification_metrics
-from jaxdiv.train.state import build_model, decayed_keys, init_state, make_optimizer, model_dir, state_shardings
+from jaxdiv.train.state import (build_model, decayed_keys, init_state, make_optimizer, model_dir,
+                                param_shardings, state_shardings)
 from jaxdiv.train.step import make_eval_step, make_train_step
 
 
@@ -74,7 +75,14 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     steps = np.array([total_steps(optim, len(rows)) for rows in encoded], np.int32)
     learning_rates = np.array([run.learning_rate or optim.learning_rate for run in runs], np.float32)
     seeds = np.array([run.seed for run in runs], np.uint32)
-    initial = {k: np.stack([s.initial[k] for s in specs]) for k in spec.initial}
+    # Frozen params that every run shares (a pretrained encoder) are kept once, without a run
+    # axis: less memory, and each frozen layer runs as one (R x batch)-row matmul.
+    frozen_keys = sorted(set(spec.initial) - spec.trainable_keys)
+    shared = all(np.array_equal(s.initial[k], spec.initial[k]) for s in specs[1:] for k in frozen_keys)
+    run_axes = {"trainable": 0, "frozen": None if shared else 0, "opt_state": 0, "step": 0, "rng": 0,
+                "learning_rate": 0, "total_steps": 0}
+    trainable_init = {k: np.stack([s.initial[k] for s in specs]) for k in sorted(spec.trainable_keys)}
+    frozen_init = {k: spec.initial[k] if shared else np.stack([s.initial[k] for s in specs]) for k in frozen_keys}
 
     mesh = make_mesh(cfg.mesh)
     # The run axis is sharded over `data` when it divides evenly, else runs are replicated
@@ -82,11 +90,17 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     rules = DEFAULT_RULES if len(runs) % mesh.shape["data"] == 0 else tuple(
         (name, () if name == "runs" else axes) for name, axes in DEFAULT_RULES)
     tx = make_optimizer(optim, decayed_keys(spec))
-    init_one = lambda seed, lr, total, params: init_state(spec, tx, seed, lr, total, params)
-    init_all = jax.vmap(init_one)
-    args = (seeds, learning_rates, steps, initial)
+
+    def init_all(seeds, lrs, totals, trainable, frozen):
+        one = lambda seed, lr, total, tr, fr: init_state(spec, tx, seed, lr, total, {**tr, **fr})
+        return jax.vmap(one, in_axes=(0, 0, 0, 0, run_axes["frozen"]), out_axes=run_axes)(
+            seeds, lrs, totals, trainable, frozen)
+
+    args = (seeds, learning_rates, steps, trainable_init, frozen_init)
     abstract = jax.eval_shape(init_all, *args)
     shardings = state_shardings(spec, abstract, mesh, rules, lead=("runs",))
+    if shared:
+        shardings["frozen"] = {k: v for k, v in param_shardings(spec, mesh, rules).items() if k in frozen_init}
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     restored = None
     if cfg.checkpoint.resume:
@@ -100,15 +114,19 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     def masked_step(state, batch):
         new_state, metrics = single_step(state, batch)
         active = state["step"] < state["total_steps"]  # the per-run step mask
-        return jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state), metrics
+        masked = {name: value if name == "frozen" else
+                  jax.tree.map(lambda new, old: jnp.where(active, new, old), value, state[name])
+                  for name, value in new_state.items()}
+        return masked, metrics
 
     batch_shardings = {k: named_sharding(mesh, ("runs", "batch") + (None,) * (k != "labels"), rules)
                        for k in ("input_ids", "attention_mask", "labels")}
     metric_sharding = named_sharding(mesh, ("runs",), rules)
-    train_step = jax.jit(jax.vmap(masked_step), in_shardings=(shardings, batch_shardings),
+    train_step = jax.jit(jax.vmap(masked_step, in_axes=(run_axes, 0), out_axes=(run_axes, 0)),
+                         in_shardings=(shardings, batch_shardings),
                          out_shardings=(shardings, metric_sharding), donate_argnums=0)
     eval_shardings = {k: NamedSharding(mesh, PartitionSpec()) for k in batch_shardings}
-    eval_step = jax.jit(jax.vmap(make_eval_step(spec), in_axes=(0, None)),
+    eval_step = jax.jit(jax.vmap(make_eval_step(spec), in_axes=(run_axes, None)),
                         in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
@@ -151,8 +169,9 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     writer.close()
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
-    params = to_host({**state["trainable"], **state["frozen"]})
+    trainable, frozen = to_host(state["trainable"]), to_host(state["frozen"])
     for index, result in enumerate(results):
-        result["params"] = {k: v[index] for k, v in params.items()}
+        result["params"] = {**{k: v[index] for k, v in trainable.items()},
+                            **{k: v if shared else v[index] for k, v in frozen.items()}}
         result["label_names"] = list(names)
     return results

@@ -56,11 +56,7 @@ def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
 
     what = "sft rows"
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-        if not path.is_file() or builder is None:
-            raise data_lib.DataError(f"{path} is not a .csv, .jsonl or .parquet file")
-        source, what = datasets.load_dataset(builder, data_files=str(path), split="train"), str(path)
+        source, what = data_lib.load_table(source), str(source)
     rows = source.to_list() if isinstance(source, datasets.Dataset) else list(source)
     columns = (cfg.data.prompt_column, cfg.data.response_column)
     pairs = []
@@ -165,6 +161,8 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
     workdir = Path(workdir or cfg.workdir)
     if jax.process_index() == 0:
         configlib.save_config(cfg, workdir)
+    if rows is None and not cfg.data.path:
+        raise configlib.ConfigError("data.path: no rows given; set data.path or pass --train-rows")
     pairs = read_pairs(rows if rows is not None else cfg.data.path, cfg)
     if eval_rows is None:
         pairs, eval_pairs = split_pairs(pairs, cfg.data.eval_fraction, cfg.seed)

@@ -78,3 +78,14 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
     state8, _ = create_state(spec, tx, make_mesh(MESHES["data8"]), 0, 1e-3, 10)
     assert state8["trainable"]["encoder/layers/0/intermediate/kernel"].sharding.spec == P(None, None)
     assert state8["step"].sharding.is_fully_replicated
+
+
+def test_bfloat16_compute_keeps_float32_params(trec_rows, tmp_path):
+    train, _, names = trec_rows
+    common = ("optim.steps=2", "model.dropout=false", "log.every=1")
+    f32 = train_classifier(tiny_config(*common), train, {}, tmp_path / "f32", label_names=names)
+    bf16 = train_classifier(tiny_config(*common, "model.compute_dtype=bfloat16"), train, {}, tmp_path / "bf16",
+                            label_names=names)
+    assert all(v.dtype == np.float32 for v in bf16["params"].values())
+    np.testing.assert_allclose(_train_losses(tmp_path / "bf16"), _train_losses(tmp_path / "f32"), atol=2e-2)
+    assert not np.array_equal(bf16["params"]["classifier/kernel"], f32["params"]["classifier/kernel"])

@@ -5,7 +5,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from jaxdiv.train.loop import train_classifier
 from jaxdiv.train.runs import RunSpec, train_classifier_runs
@@ -33,3 +32,21 @@ def test_each_run_equals_the_run_alone(trec_rows, tmp_path):
             np.testing.assert_allclose(results[index]["params"][key], value, atol=1e-5, err_msg=f"run {index} {key}")
         for metric, value in alone["eval"]["test"].items():
             assert results[index]["eval"]["test"][metric] == pytest.approx(value, abs=1e-5)
+
+
+@pytest.mark.slow  # a second engine compile (~30 s); the default run covers the engine above
+def test_runs_sharing_a_frozen_encoder_hold_it_once(trec_rows, tmp_path):
+    """Runs with the same init (here: the same seed) share their frozen layers without a run
+    axis; each still equals its run alone. The run axis is sharded over data=2."""
+    train, evals, names = trec_rows
+    cfg = tiny_config("optim.epochs=1", "model.frozen_layers=1", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    runs = [RunSpec(train.select(range(32)), seed=5, name="a"),
+            RunSpec(train.select(range(32, 56)), seed=5, learning_rate=3e-3, name="b")]
+    results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs", label_names=names)
+    frozen_key = "encoder/layers/0/query/kernel"
+    assert results[0]["params"][frozen_key] is results[1]["params"][frozen_key]  # one shared copy
+    alone_cfg = dataclasses.replace(cfg, seed=5, optim=dataclasses.replace(cfg.optim, learning_rate=3e-3))
+    alone = train_classifier(alone_cfg, runs[1].train_rows, evals, tmp_path / "alone", label_names=names)
+    for key, value in alone["params"].items():
+        np.testing.assert_allclose(results[1]["params"][key], value, atol=1e-5, err_msg=key)
+    assert results[1]["eval"]["test"]["loss"] == pytest.approx(alone["eval"]["test"]["loss"], abs=1e-5)
