@@ -122,7 +122,7 @@ def spectrum_metrics(eigenvalues: jax.Array, logdet_ridge: float) -> dict[str, j
 
 def mean_cosine_distance(sum_vector: jax.Array, sum_sq_norms: jax.Array, n: int) -> jax.Array:
     """1 - mean off-diagonal cosine, from sum x_i and sum ||x_i||^2 (exact, O(nd))."""
-    off_diagonal = (jnp.sum(sum_vector * sum_vector) - sum_sq_norms) / (n * (n - 1))
+    off_diagonal = (jnp.sum(sum_vector * sum_vector) - sum_sq_norms) / (float(n) * (n - 1))  # n^2 > int32
     return jnp.clip(1.0 - off_diagonal, 0.0, 2.0)
 
 
