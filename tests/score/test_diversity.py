@@ -81,8 +81,10 @@ def test_vendi_equals_vendi_score_package(scored):
     for q in (0.5, 2, "inf"):
         assert eight[f"vendi_q{q}"] == pytest.approx(vendi.score_K(xn @ xn.T, q=q), rel=1e-5)
     spectrum_only = vendi_scores(x, CFG)
+    already_unit = vendi_scores(xn.astype(np.float32), CFG)  # takes the no-scaling branch
     for name, value in spectrum_only.items():
         assert value == pytest.approx(eight[name], rel=1e-6), name
+        assert already_unit[name] == pytest.approx(eight[name], rel=1e-5), name
 
 
 def test_vendi_does_not_depend_on_route():

@@ -55,6 +55,7 @@ def test_compression_ratio_and_relation_to_diversity_package(texts):
 
 
 def test_self_bleu_equals_nltk_excluding_self(texts):
+    pytest.importorskip("nltk")
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     docs = [tokenize(t) for t in texts[:40]]
