@@ -81,7 +81,8 @@ class RecipeConfig:
     few_shot: int = param(3, ge=0, help="real training examples shown in each prompt")
     topics_file: str = param("", help="user-supplied topics (one a line, or JSONL with a 'topic' "
                              "field); empty: LLM-generated, cached and versioned")
-    topic_pool_size: int = param(10000, ge=1, help="LLM-generated topics per task (the D6 set)")
+    topics_cache: str = param("", help="folder of the cached LLM-generated topic lists "
+                              "(empty: $JAXDIV_CACHE/topics)")
 
     def check(self) -> None:
         if self.name not in ("topics", "paraphrase", "temperature"):
