@@ -28,11 +28,12 @@ import zipfile
 from pathlib import Path
 
 from jaxdiv.io import atomic_path, atomic_write_text
+from jaxdiv.errors import JaxdivError
 
 COMPLETE_MARKER = "jaxdiv-asset.json"
 
 
-class AssetError(RuntimeError):
+class AssetError(JaxdivError, RuntimeError):
     """An asset could not be resolved, fetched or verified. The message says what was tried."""
 
 

@@ -17,9 +17,10 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from jaxdiv.errors import JaxdivError
 
 
-class ConfigError(ValueError):
+class ConfigError(JaxdivError, ValueError):
     """A config value is unknown, of the wrong type, or out of range. The message names the key."""
 
 
@@ -77,7 +78,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value

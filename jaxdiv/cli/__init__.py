@@ -18,6 +18,9 @@ COMMANDS = (
     "jaxdiv.cli.assets",
     "jaxdiv.cli.tasks",
     "jaxdiv.cli.generate",
+    "jaxdiv.cli.score",
+    "jaxdiv.cli.train",
+    "jaxdiv.cli.report",
 )
 
 
@@ -38,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+<<<<<<< HEAD
+def main(argv: list[str] | None = None) -> int:
+    from jaxdiv.errors import JaxdivError
+=======
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input (printed as one line), imported only once one is raised."""
     from jaxdiv.assets import AssetError
@@ -46,6 +53,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from jaxdiv.data.tasks import TaskError
     from jaxdiv.generate.sampler import GenerationError
     from jaxdiv.models.llama import CheckpointError
+>>>>>>> generate
 
     return ConfigError, AssetError, TaskError, PoolError, GenerationError, CheckpointError
 
@@ -54,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+<<<<<<< HEAD
+    except JaxdivError as err:
+=======
     except Exception as err:
         if not isinstance(err, _user_errors()):
             raise
+>>>>>>> generate
         print(f"jaxdiv {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -31,9 +31,10 @@ import datasets
 
 from jaxdiv import assets
 from jaxdiv.configlib import ConfigError, param
+from jaxdiv.errors import JaxdivError
 
 
-class TaskError(ValueError):
+class TaskError(JaxdivError, ValueError):
     """A task's data is malformed. The message names the file and what is wrong."""
 
 
@@ -162,7 +163,10 @@ def _read_file(cfg: TaskConfig) -> RawRows:
     if path.stat().st_size == 0:
         raise TaskError(f"{path} is empty")
     if builder != "parquet":
-        _read_utf8(path)  # a clear error with the line number, before the loader's own
+        # Clear errors with line numbers, before the loader's own.
+        lines = [line for line in _read_utf8(path).splitlines() if line.strip()]
+        if len(lines) <= (1 if builder == "csv" else 0):
+            raise TaskError(f"{path} has no rows")
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # the loaders raise several kinds for a malformed file

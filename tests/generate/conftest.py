@@ -2,13 +2,6 @@
 
 import pytest
 
-from tests.models.conftest import load_smollm2
-
-
-@pytest.fixture(scope="session")
-def smollm2(smollm2_gguf):
-    return load_smollm2(smollm2_gguf)
-
 
 @pytest.fixture(scope="session")
 def smollm2_generator(smollm2):

@@ -1,0 +1,1 @@
+"""Mix synthetic with real labelled data at set proportions and label budgets."""

@@ -1,0 +1,134 @@
+"""Class-balanced, seeded mixtures of real and synthetic rows (levanter-style determinism).
+
+Row selection within a class orders rows by sha256(seed, source, row id), so a mixture
+depends only on the seed and the row ids, never on file order, and smaller budgets are
+subsets of larger ones at the same seed (budgets nest; so do proportions' synthetic parts).
+Every mixture records exactly which real and synthetic row ids it holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import datasets
+
+from jaxdiv.io import atomic_path, atomic_write_text
+from jaxdiv.mix.config import MixConfig
+from jaxdiv.errors import JaxdivError
+
+SOURCES = ("real", "synthetic")
+
+
+class MixtureError(JaxdivError, ValueError):
+    """A mixture cannot be built as asked. The message names the cell and the class."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """The coordinates of one training set in the study grid."""
+
+    budget: int | None  # real labels per class; None = all
+    proportion: float
+    seed: int
+
+    def name(self) -> str:
+        budget = "all" if self.budget is None else self.budget
+        return f"b{budget}-p{self.proportion:g}-s{self.seed}"
+
+
+@dataclasses.dataclass
+class Mixture:
+    rows: datasets.Dataset  # id, text, label, source
+    cell: Cell
+    counts: dict[str, dict[str, int]]  # {source: {label name: rows}}
+    shortfalls: list[str]  # classes that got fewer rows than asked (only with allow_short_classes)
+
+    def ids(self, source: str) -> list[str]:
+        return [i for i, s in zip(self.rows["id"], self.rows["source"]) if s == source]
+
+    def manifest(self) -> dict:
+        return {"cell": dataclasses.asdict(self.cell), "counts": self.counts,
+                "shortfalls": self.shortfalls, "real_ids": self.ids("real"),
+                "synthetic_ids": self.ids("synthetic")}
+
+    def save(self, directory: str | Path) -> Path:
+        """Parquet rows plus a JSON manifest, written atomically as one folder."""
+        directory = Path(directory)
+        with atomic_path(directory) as tmp:
+            tmp.mkdir(parents=True)
+            self.rows.to_parquet(str(tmp / "rows.parquet"))
+            atomic_write_text(tmp / "manifest.json", json.dumps(self.manifest(), indent=1))
+        return directory
+
+
+def _order_key(seed: int, source: str, row_id: str) -> str:
+    return hashlib.sha256(f"{seed}\x00{source}\x00{row_id}".encode()).hexdigest()
+
+
+def _by_class(rows: datasets.Dataset, num_labels: int, source: str) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for index, label in enumerate(rows["label"]):
+        if not 0 <= label < num_labels:
+            raise MixtureError(f"{source} row {rows[index]['id']!r} has label {label}, outside "
+                               f"0..{num_labels - 1}")
+        groups[label].append(index)
+    return groups
+
+
+def _take(rows: datasets.Dataset, indices: list[int], want: int, seed: int, source: str) -> list[int]:
+    ids = rows["id"]
+    ordered = sorted(indices, key=lambda i: _order_key(seed, source, ids[i]))
+    return ordered[:want]
+
+
+def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_names: tuple[str, ...],
+                  cell: Cell, cfg: MixConfig = MixConfig()) -> Mixture:
+    """Build the training set of one cell. `real` and `synthetic` have id, text, label columns.
+
+    Synthetic rows must already be the accepted, correctly parsed ones (the pool store's
+    `accepted()`); labels are ids into `label_names`.
+    """
+    for name, table in (("real", real), ("synthetic", synthetic)):
+        missing = {"id", "text", "label"} - set(table.column_names)
+        if missing:
+            raise MixtureError(f"cell {cell.name()}: {name} rows lack columns {sorted(missing)}")
+    if not 0.0 <= cell.proportion <= 1.0:
+        raise MixtureError(f"cell {cell.name()}: proportion {cell.proportion} is outside [0, 1]")
+    if cell.budget is not None and cell.budget < 1:
+        raise MixtureError(f"cell {cell.name()}: budget must be >= 1 or None (all)")
+    groups = {"real": _by_class(real, len(label_names), "real"),
+              "synthetic": _by_class(synthetic, len(label_names), "synthetic")}
+    chosen: dict[str, list[int]] = {"real": [], "synthetic": []}
+    counts: dict[str, dict[str, int]] = {s: {} for s in SOURCES}
+    shortfalls: list[str] = []
+    for label, label_name in enumerate(label_names):
+        available_real = len(groups["real"].get(label, []))
+        budget = available_real if cell.budget is None else cell.budget
+        n_synthetic = round(cell.proportion * budget)
+        n_real = budget - n_synthetic if cfg.protocol == "fixed_total" else budget
+        for source, want in (("real", n_real), ("synthetic", n_synthetic)):
+            pool = groups[source].get(label, [])
+            if len(pool) < want:
+                message = (f"cell {cell.name()}: class {label_name!r} needs {want} {source} rows, "
+                           f"only {len(pool)} exist")
+                if not cfg.allow_short_classes:
+                    raise MixtureError(message + " (set mix.allow_short_classes=true to take what "
+                                                 "there is)")
+                shortfalls.append(message)
+            table = real if source == "real" else synthetic
+            picked = _take(table, pool, want, cell.seed, source)
+            chosen[source] += picked
+            counts[source][label_name] = len(picked)
+    parts = []
+    for source, table in (("real", real), ("synthetic", synthetic)):
+        subset = table.select(sorted(chosen[source])).select_columns(["id", "text", "label"])
+        subset = subset.cast_column("label", datasets.Value("int64"))
+        parts.append(subset.add_column("source", [source] * subset.num_rows))
+    rows = datasets.concatenate_datasets(parts)
+    if rows.num_rows == 0:
+        raise MixtureError(f"cell {cell.name()}: the mixture is empty")
+    return Mixture(rows=rows, cell=cell, counts=counts, shortfalls=shortfalls)

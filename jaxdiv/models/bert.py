@@ -1,0 +1,362 @@
+"""BERT encoder (Flax NNX): loads BERT-layout safetensors, e.g. the packaged all-MiniLM-L6-v2.
+
+One implementation serves the scorer (mean-pooled, L2-normalised sentence embeddings) and
+the trainer (`BertClassifier`: encoder + pooler + classification head, bottom layers
+optionally frozen). Every parameter carries logical axis names (`vocab`, `embed`, `heads`,
+`mlp`) that `jaxdiv.sharding.DEFAULT_RULES` maps onto the (data, fsdp, tensor) mesh.
+
+Weights: `load_bert_encoder(dir)` / `load_bert_classifier(dir, num_labels)` read
+`config.json` and `model.safetensors` from a folder. Keys may carry a `bert.` prefix
+(`BertForSequenceClassification` checkpoints) or not (sentence-transformers exports);
+`embeddings.position_ids` buffers are ignored. Dropout is functional: pass a PRNG key
+to `__call__` to enable it, none for deterministic evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class WeightsError(ValueError):
+    """A weights file or model config is missing, malformed or does not fit the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture of a BERT encoder (the fields of a transformers `config.json`)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "BertConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise WeightsError(f"BERT config {path} does not exist")
+        data = json.loads(path.read_text())
+        if data.get("hidden_act", "gelu") != "gelu":
+            raise WeightsError(f"{path}: hidden_act {data['hidden_act']!r} is not supported (only 'gelu')")
+        if data.get("position_embedding_type", "absolute") != "absolute":
+            raise WeightsError(f"{path}: only absolute position embeddings are supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [n for n in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                               "intermediate_size") if n not in data]
+        if missing:
+            raise WeightsError(f"{path}: missing keys {missing}")
+        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise WeightsError(f"{path}: hidden_size {cfg.hidden_size} is not divisible by "
+                               f"num_attention_heads {cfg.num_attention_heads}")
+        return cfg
+
+
+def partitioned(init: Any, axes: tuple[str | None, ...]) -> Any:
+    """An initializer whose param records its logical axis names. Sharding is applied by the
+    caller (`jax.jit(init, out_shardings=...)` through `jaxdiv.sharding`), not eagerly here."""
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def _dense(rngs: nnx.Rngs, n_in: int, n_out: int, axes: tuple[str | None, str | None],
+           dtype: Any, init_std: float = 0.02) -> nnx.Linear:
+    return nnx.Linear(
+        n_in, n_out, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+        kernel_init=partitioned(nnx.initializers.normal(init_std), axes),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)))
+
+
+def _layer_norm(rngs: nnx.Rngs, cfg: BertConfig, dtype: Any) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+        scale_init=partitioned(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)))
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class BertLayer(nnx.Module):
+    """Post-LayerNorm transformer block: self-attention, then the GELU MLP."""
+
+    def __init__(self, cfg: BertConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        h, m = cfg.hidden_size, cfg.intermediate_size
+        self.cfg = cfg
+        self.query = _dense(rngs, h, h, ("embed", "heads"), dtype)
+        self.key = _dense(rngs, h, h, ("embed", "heads"), dtype)
+        self.value = _dense(rngs, h, h, ("embed", "heads"), dtype)
+        self.attention_out = _dense(rngs, h, h, ("heads", "embed"), dtype)
+        self.attention_norm = _layer_norm(rngs, cfg, dtype)
+        self.intermediate = _dense(rngs, h, m, ("embed", "mlp"), dtype)
+        self.output = _dense(rngs, m, h, ("mlp", "embed"), dtype)
+        self.output_norm = _layer_norm(rngs, cfg, dtype)
+
+    def __call__(self, x: jax.Array, attention_bias: jax.Array, dropout_key: jax.Array | None = None
+                 ) -> jax.Array:
+        cfg = self.cfg
+        keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+        batch, length, _ = x.shape
+        split = lambda t: t.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.head_dim).astype(q.dtype)
+        # Softmax in f32 whatever the compute dtype: bf16 logits lose the small differences.
+        probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1)
+        probs = _dropout(probs, cfg.attention_probs_dropout_prob, keys[0]).astype(v.dtype)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.hidden_size)
+        attended = _dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])
+        x = self.attention_norm(x + attended)
+        hidden = jax.nn.gelu(self.intermediate(x), approximate=False)
+        out = _dropout(self.output(hidden), cfg.hidden_dropout_prob, keys[2])
+        return self.output_norm(x + out)
+
+
+class BertEncoder(nnx.Module):
+    """Embeddings + `num_hidden_layers` blocks; returns the last hidden states (batch, length, hidden)."""
+
+    def __init__(self, cfg: BertConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        embed = lambda n, axes: nnx.Embed(
+            n, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+            embedding_init=partitioned(nnx.initializers.normal(0.02), axes))
+        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
+        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
+        self.embeddings_norm = _layer_norm(rngs, cfg, dtype)
+        self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs)
+                                for _ in range(cfg.num_hidden_layers)])
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 token_type_ids: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
+                 frozen_layers: int = 0) -> jax.Array:
+        """`frozen_layers` > 0 stops gradients below the top of that many bottom layers (and the
+        embeddings), so the backward pass skips them; the optimizer must leave them unchanged too
+        (see `BertClassifier.trainable`)."""
+        length = input_ids.shape[1]
+        if length > self.cfg.max_position_embeddings:
+            raise WeightsError(f"sequence length {length} exceeds max_position_embeddings "
+                               f"{self.cfg.max_position_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        keys = ([None] * (len(self.layers) + 1) if dropout_key is None
+                else list(jax.random.split(dropout_key, len(self.layers) + 1)))
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
+             + self.token_type_embeddings(token_type_ids))
+        x = _dropout(self.embeddings_norm(x), self.cfg.hidden_dropout_prob, keys[0])
+        # Additive mask over keys: padded positions get the most negative f32.
+        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        for index, layer in enumerate(self.layers):
+            if frozen_layers and index == frozen_layers:
+                x = jax.lax.stop_gradient(x)
+            x = layer(x, bias, keys[index + 1])
+        if frozen_layers and frozen_layers == len(self.layers):
+            x = jax.lax.stop_gradient(x)
+        return x
+
+
+def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of the hidden states over unmasked tokens (sentence-transformers' pooling)."""
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(hidden.astype(jnp.float32) * mask, axis=1)
+    return total / jnp.maximum(jnp.sum(mask, axis=1), 1e-9)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def sentence_embeddings(encoder: BertEncoder, input_ids: jax.Array, attention_mask: jax.Array
+                        ) -> jax.Array:
+    """Mean-pooled, L2-normalised sentence vectors: what all-MiniLM-L6-v2 outputs."""
+    return l2_normalize(mean_pool(encoder(input_ids, attention_mask), attention_mask))
+
+
+class BertClassifier(nnx.Module):
+    """`BertForSequenceClassification`: encoder, tanh pooler on [CLS], dropout, linear head.
+
+    `frozen_layers` = N freezes the embeddings and the bottom N encoder layers: gradients stop
+    below layer N and `trainable` excludes those params, so an optimizer masked with it leaves
+    them unchanged (no weight decay drift either).
+    """
+
+    def __init__(self, cfg: BertConfig, num_labels: int, *, frozen_layers: int = 0,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        if not 0 <= frozen_layers <= cfg.num_hidden_layers:
+            raise WeightsError(f"frozen_layers={frozen_layers} must be in [0, {cfg.num_hidden_layers}]")
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.frozen_layers = frozen_layers
+        self.encoder = BertEncoder(cfg, dtype=dtype, rngs=rngs)
+        self.pooler = _dense(rngs, cfg.hidden_size, cfg.hidden_size, ("embed", None), dtype)
+        self.classifier = _dense(rngs, cfg.hidden_size, num_labels, ("embed", None), dtype)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 token_type_ids: jax.Array | None = None, *, dropout_key: jax.Array | None = None
+                 ) -> jax.Array:
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids, dropout_key=keys[0],
+                              frozen_layers=self.frozen_layers)
+        pooled = jnp.tanh(self.pooler(hidden[:, 0]))
+        pooled = _dropout(pooled, self.cfg.hidden_dropout_prob, keys[1])
+        return self.classifier(pooled).astype(jnp.float32)
+
+    def trainable(self, path: Sequence[Any]) -> bool:
+        """Whether the parameter at this state path is trained (False below the frozen layers)."""
+        if self.frozen_layers == 0 or path[0] != "encoder":
+            return True
+        if path[1] == "layers":
+            return int(path[2]) >= self.frozen_layers
+        return False  # the embeddings
+
+
+# ---------------------------------------------------------------------------
+# Safetensors loading.
+
+_LAYER_KEYS = {
+    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+    "attention_out": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense", "output": "output.dense", "output_norm": "output.LayerNorm",
+}
+_EMBEDDING_KEYS = {
+    "word_embeddings": "embeddings.word_embeddings", "position_embeddings": "embeddings.position_embeddings",
+    "token_type_embeddings": "embeddings.token_type_embeddings", "embeddings_norm": "embeddings.LayerNorm",
+}
+_LEAF_KEYS = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
+
+
+def _hf_key(path: tuple[Any, ...]) -> tuple[str, bool]:
+    """The transformers name of an encoder param at `path`, and whether it is a (transposed) kernel."""
+    leaf = path[-1]
+    if path[0] == "layers":
+        module = f"encoder.layer.{path[1]}.{_LAYER_KEYS[path[2]]}"
+    else:
+        module = _EMBEDDING_KEYS[path[0]]
+    return f"{module}.{_LEAF_KEYS[leaf]}", leaf == "kernel"
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+    # Accept both layouts: sentence-transformers exports (no prefix) and BertFor* checkpoints.
+    return {k.removeprefix("bert."): v for k, v in tensors.items()}
+
+
+def _fill(module: nnx.Module, tensors: dict[str, np.ndarray], key_of, source: Path) -> set[str]:
+    """Copy tensors into the module's params in place; returns the keys used."""
+    used = set()
+    for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        key, transpose = key_of(tuple(path))
+        if key not in tensors:
+            raise WeightsError(f"{source}: missing tensor {key!r} (for param {'/'.join(map(str, path))})")
+        value = tensors[key].T if transpose else tensors[key]
+        if value.shape != variable.get_value().shape:
+            raise WeightsError(f"{source}: tensor {key!r} has shape {value.shape}, the model expects "
+                               f"{variable.get_value().shape}")
+        variable.set_value(jnp.asarray(value, jnp.float32))
+        used.add(key)
+    return used
+
+
+def _weights_file(directory: str | Path) -> Path:
+    directory = Path(directory)
+    return directory if directory.suffix == ".safetensors" else directory / "model.safetensors"
+
+
+def load_bert_encoder(directory: str | Path, *, dtype: Any = jnp.float32, seed: int = 0) -> BertEncoder:
+    """A `BertEncoder` with the weights of `directory/model.safetensors` (config from `config.json`)."""
+    weights = _weights_file(directory)
+    cfg = BertConfig.from_json(weights.parent)
+    encoder = BertEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
+    tensors = _read_safetensors(weights)
+    _fill(encoder, tensors, _hf_key, weights)
+    return encoder
+
+
+def load_bert_classifier(directory: str | Path, num_labels: int, *, frozen_layers: int = 0,
+                         dtype: Any = jnp.float32, seed: int = 0, dropout: bool = True) -> BertClassifier:
+    """A `BertClassifier` whose encoder comes from the checkpoint.
+
+    The pooler and head are loaded when the checkpoint has them (`bert.pooler.dense`,
+    `classifier`, as `BertForSequenceClassification` saves them) and otherwise keep
+    their seeded random initialisation (N(0, 0.02), zero bias, as transformers does).
+    `dropout=False` zeroes the checkpoint's dropout rates.
+    """
+    weights = _weights_file(directory)
+    cfg = BertConfig.from_json(weights.parent)
+    if not dropout:
+        cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertClassifier(cfg, num_labels, frozen_layers=frozen_layers, dtype=dtype,
+                           rngs=nnx.Rngs(seed))
+    tensors = _read_safetensors(weights)
+    _fill(model.encoder, tensors, _hf_key, weights)
+    for name, prefix in (("pooler", "pooler.dense"), ("classifier", "classifier")):
+        if f"{prefix}.weight" in tensors:
+            _fill(getattr(model, name), tensors,
+                  lambda path, p=prefix: (f"{p}.{_LEAF_KEYS[path[-1]]}", path[-1] == "kernel"), weights)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer.
+
+def load_tokenizer(directory: str | Path):
+    """The `tokenizers.Tokenizer` of `directory/tokenizer.json`, with its own padding/truncation off
+    (`encode_texts` sets a fixed length per call, so jitted shapes stay fixed)."""
+    from tokenizers import Tokenizer
+
+    path = Path(directory)
+    path = path if path.suffix == ".json" else path / "tokenizer.json"
+    if not path.is_file():
+        raise WeightsError(f"tokenizer file {path} does not exist")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """Token ids, attention mask and token types, each int32 (len(texts), max_length):
+    truncated to `max_length` (keeping [CLS] ... [SEP]) and right-padded."""
+    ids = np.zeros((len(texts), max_length), np.int32)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    ids[:] = pad_id
+    for row, encoding in enumerate(tokenizer.encode_batch(list(texts))):
+        tokens = encoding.ids
+        if len(tokens) > max_length:  # keep the closing [SEP]
+            tokens = tokens[: max_length - 1] + tokens[-1:]
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+        types[row, : len(tokens)] = encoding.type_ids[: len(tokens)]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

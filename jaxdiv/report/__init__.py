@@ -1,0 +1,1 @@
+"""Tables, plots and a written summary of a study's results."""
