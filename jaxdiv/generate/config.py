@@ -31,7 +31,7 @@ class JaxBackendConfig:
                        "Llama/Qwen2 safetensors dir (with tokenizer.json)")
     batch_buckets: tuple[int, ...] = param((1, 8, 32), help="batch sizes compiled for; a batch is "
                                            "padded up to the next bucket")
-    prompt_buckets: tuple[int, ...] = param((64, 128, 256, 512), help="prompt lengths compiled "
+    prompt_buckets: tuple[int, ...] = param((64, 128, 160, 192, 256, 512), help="prompt lengths compiled "
                                             "for; prompts are left-padded up to the next bucket")
     decode_chunk: int = param(16, ge=1, help="decode steps run on device between host checks for "
                               "stop strings and finished rows")
