@@ -41,33 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-<<<<<<< HEAD
 def main(argv: list[str] | None = None) -> int:
     from jaxdiv.errors import JaxdivError
-=======
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean bad input (printed as one line), imported only once one is raised."""
-    from jaxdiv.assets import AssetError
-    from jaxdiv.configlib import ConfigError
-    from jaxdiv.data.pool import PoolError
-    from jaxdiv.data.tasks import TaskError
-    from jaxdiv.generate.sampler import GenerationError
-    from jaxdiv.models.llama import CheckpointError
->>>>>>> generate
 
-    return ConfigError, AssetError, TaskError, PoolError, GenerationError, CheckpointError
-
-
-def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-<<<<<<< HEAD
     except JaxdivError as err:
-=======
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
->>>>>>> generate
         print(f"jaxdiv {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 import datasets
 
+from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
 
 ACCEPTED = "accepted"
@@ -36,7 +37,7 @@ POOL_FILE = "pool.json"
 ROWS_DIR = "rows"
 
 
-class PoolError(ValueError):
+class PoolError(JaxdivError, ValueError):
     """A pool directory is inconsistent or a row is invalid (names the file/row)."""
 
 

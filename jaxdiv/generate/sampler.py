@@ -24,11 +24,12 @@ import numpy as np
 from flax import nnx
 
 from jaxdiv import sharding as shd
+from jaxdiv.errors import JaxdivError
 from jaxdiv.models.llama import KVCache, Llama, positions_from_mask
 from jaxdiv.models.tokenizer import ChatTokenizer
 
 
-class GenerationError(ValueError):
+class GenerationError(JaxdivError, ValueError):
     """A generation request cannot be served (names the row and what is wrong)."""
 
 

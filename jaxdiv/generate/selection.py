@@ -25,13 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiv.errors import JaxdivError
 from jaxdiv.score.config import DiversityConfig
 from jaxdiv.score.diversity import check_embeddings, vendi_scores
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-class SelectionError(ValueError):
+class SelectionError(JaxdivError, ValueError):
     """A selection cannot be made (names the sizes or targets involved)."""
 
 

@@ -32,9 +32,10 @@ import numpy as np
 from flax import nnx
 
 from jaxdiv import sharding as shd
+from jaxdiv.errors import JaxdivError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(JaxdivError, ValueError):
     """A checkpoint file is missing, malformed or of an unsupported architecture (names the file/key)."""
 
 
