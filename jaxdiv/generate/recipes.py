@@ -35,10 +35,11 @@ from jaxdiv.configlib import ConfigError
 from jaxdiv.data.pool import ACCEPTED, REJECTED, PoolRow, normalise
 from jaxdiv.data.tasks import Task
 from jaxdiv.generate.config import RecipeConfig, SamplingConfig
-from jaxdiv.generate.sampler import Completion, Request, SamplingParams
+from jaxdiv.generate.sampler import Completion, GenerationError, Request, SamplingParams
 from jaxdiv.io import atomic_write_text
 
 TOPICS_VERSION = 1
+TOPIC_ROW_OFFSET = 1 << 30  # topic prompts' row ids: apart from any pool row's
 SYSTEM = "You write realistic examples for training a text classifier. Reply with the example only."
 
 
@@ -147,8 +148,10 @@ class TopicList:
         self.path = (Path(directory or cache_dir() / "topics") / task /
                      f"{name}-seed{seed}-v{TOPICS_VERSION}.jsonl")
         self.topics: list[str] = []
+        self.prompts_used = 0  # topic prompt k always asks about area k with seed (seed, k)
         if self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines()
+            self.prompts_used = json.loads(lines[0])["prompts"]
             self.topics = [json.loads(line)["topic"] for line in lines[1:]]
 
     @property
@@ -157,29 +160,30 @@ class TopicList:
 
     def first(self, count: int, progress: bool = True) -> list[str]:
         """The first `count` topics, generating (and caching) more when needed."""
-        prompt_index = 0
         seen = {normalise(t) for t in self.topics}
+        stalled_after = self.prompts_used + 50 + 2 * count
         bar = None
         if progress and len(self.topics) < count:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=count, initial=len(self.topics), desc=f"topics for {self.task}", unit="topic")
         while len(self.topics) < count:
-            if prompt_index > 50 + 2 * count:
-                raise RuntimeError(f"topic generation for {self.task} stalled at {len(self.topics)} "
+            if self.prompts_used > stalled_after:
+                raise GenerationError(f"topic generation for {self.task} stalled at {len(self.topics)} "
                                    f"topics (the generator returns no new parseable topics)")
             requests = []
             for _ in range(max(1, min(16, (count - len(self.topics)) // 5))):
-                area = TOPIC_AREAS[(len(self.topics) + prompt_index) % len(TOPIC_AREAS)]
+                prompt = self.prompts_used
+                area = TOPIC_AREAS[prompt % len(TOPIC_AREAS)]
                 message = (f"List 10 different, specific topics that a {self.brief.unit} could be "
                            f"about, in the area of {area}. One topic per line, 1 to 4 words "
                            f"each, no numbering, nothing else.")
-                requests.append(Request(row_id=1_000_000 + len(self.topics) * 7 + prompt_index,
+                requests.append(Request(row_id=TOPIC_ROW_OFFSET + prompt,
                                         messages=({"role": "user", "content": message},),
                                         sampling=SamplingParams(temperature=1.0, top_p=0.95,
                                                                 max_new_tokens=80),
-                                        seed=row_seed(self.seed, prompt_index)))
-                prompt_index += 1
+                                        seed=row_seed(self.seed, TOPIC_ROW_OFFSET + prompt)))
+                self.prompts_used += 1
             before = len(self.topics)
             for completion in self.backend.complete(requests):
                 for topic in _parse_topics(completion.text):
@@ -195,7 +199,8 @@ class TopicList:
 
     def _save(self) -> None:
         header = {"version": TOPICS_VERSION, "task": self.task, "generator": self.backend.generator_id,
-                  "weights_hash": self.backend.weights_hash, "seed": self.seed}
+                  "weights_hash": self.backend.weights_hash, "seed": self.seed,
+                  "prompts": self.prompts_used}
         lines = [json.dumps(header)] + [json.dumps({"topic": t}) for t in self.topics]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
 
