@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 import datasets
 
+from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
 from jaxdiv.errors import JaxdivError
 

@@ -27,7 +27,11 @@ from jaxdiv.generate.sampler import Completion, GenerationError, JaxGenerator, R
 
 
 class JaxBackend:
-    def __init__(self, cfg: JaxBackendConfig, mesh=None):
+    def __init__(self, generator: JaxGenerator, generator_id: str, weights_hash: str):
+        self.generator, self.generator_id, self.weights_hash = generator, generator_id, weights_hash
+
+    @classmethod
+    def load(cls, cfg: JaxBackendConfig, mesh=None) -> "JaxBackend":
         import jax.numpy as jnp
 
         from jaxdiv.models.llama import load_pretrained, resolve_checkpoint, weights_hash
@@ -35,11 +39,10 @@ class JaxBackend:
         path = resolve_checkpoint(cfg.model)
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
         model, tokenizer = load_pretrained(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
-        self.generator = JaxGenerator(model, tokenizer, batch_buckets=cfg.batch_buckets,
-                                      prompt_buckets=cfg.prompt_buckets,
-                                      decode_chunk=cfg.decode_chunk, mesh=mesh)
-        self.generator_id = f"jax:{Path(cfg.model).name if Path(cfg.model).exists() else cfg.model}"
-        self.weights_hash = weights_hash(path)
+        generator = JaxGenerator(model, tokenizer, batch_buckets=cfg.batch_buckets,
+                                 prompt_buckets=cfg.prompt_buckets, decode_chunk=cfg.decode_chunk,
+                                 mesh=mesh)
+        return cls(generator, f"jax:{Path(cfg.model).name}", weights_hash(path))
 
     def complete(self, requests: Sequence[Request]) -> list[Completion]:
         return self.generator.generate(requests)
@@ -133,5 +136,5 @@ class OpenAIBackend:
 def make_backend(cfg, mesh=None):
     """The backend a GenerateConfig names."""
     if cfg.backend == "jax":
-        return JaxBackend(cfg.jax, mesh=mesh)
+        return JaxBackend.load(cfg.jax, mesh=mesh)
     return OpenAIBackend(cfg.openai)

@@ -31,7 +31,7 @@ class JaxBackendConfig:
                        "Llama/Qwen2 safetensors dir (with tokenizer.json)")
     batch_buckets: tuple[int, ...] = param((1, 8, 32), help="batch sizes compiled for; a batch is "
                                            "padded up to the next bucket")
-    prompt_buckets: tuple[int, ...] = param((64, 128, 256, 512), help="prompt lengths compiled "
+    prompt_buckets: tuple[int, ...] = param((64, 128, 160, 192, 256, 512), help="prompt lengths compiled "
                                             "for; prompts are left-padded up to the next bucket")
     decode_chunk: int = param(16, ge=1, help="decode steps run on device between host checks for "
                               "stop strings and finished rows")
@@ -81,7 +81,8 @@ class RecipeConfig:
     few_shot: int = param(3, ge=0, help="real training examples shown in each prompt")
     topics_file: str = param("", help="user-supplied topics (one a line, or JSONL with a 'topic' "
                              "field); empty: LLM-generated, cached and versioned")
-    topic_pool_size: int = param(10000, ge=1, help="LLM-generated topics per task (the D6 set)")
+    topics_cache: str = param("", help="folder of the cached LLM-generated topic lists "
+                              "(empty: $JAXDIV_CACHE/topics)")
 
     def check(self) -> None:
         if self.name not in ("topics", "paraphrase", "temperature"):

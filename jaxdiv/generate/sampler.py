@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiv import sharding as shd
+from jaxdiv.errors import JaxdivError
 from jaxdiv.models.llama import KVCache, Llama, positions_from_mask
 from jaxdiv.models.tokenizer import ChatTokenizer
 from jaxdiv.errors import JaxdivError
@@ -148,7 +149,7 @@ class JaxGenerator:
     def __init__(self, model: Llama, tokenizer: ChatTokenizer, *,
                  batch_buckets: Sequence[int] = (1, 8, 32),
                  prompt_buckets: Sequence[int] = (64, 128, 256, 512), decode_chunk: int = 16,
-                 mesh: jax.sharding.Mesh | None = None):
+                 mesh: jax.sharding.Mesh | None = None, stop_at_eos: bool = True):
         self.tokenizer = tokenizer
         self.cfg = model.cfg
         self.mesh = mesh
@@ -161,7 +162,8 @@ class JaxGenerator:
         eos = set(model.cfg.eos_token_ids) | set(tokenizer.eos_token_ids)
         if not eos:
             raise GenerationError("the model/tokenizer defines no EOS token")
-        self.eos_ids = jnp.asarray(sorted(eos), jnp.int32)
+        # stop_at_eos=False (benchmarks: a fixed number of new tokens) matches no token id
+        self.eos_ids = jnp.asarray(sorted(eos) if stop_at_eos else [-1], jnp.int32)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("slots", "top_k", "use_top_p"))
         self._decode = jax.jit(self._decode_impl,

@@ -9,4 +9,4 @@ def smollm2_generator(smollm2):
     from jaxdiv.generate.sampler import JaxGenerator
 
     model, tokenizer = smollm2
-    return JaxGenerator(model, tokenizer, batch_buckets=(8,), prompt_buckets=(64, 128), decode_chunk=8)
+    return JaxGenerator(model, tokenizer, batch_buckets=(8,), prompt_buckets=(64, 256), decode_chunk=8)
