@@ -21,8 +21,7 @@ def get_config() -> StudyConfig:
         task=TaskConfig(name="trec"),
         generate=GenerateConfig(
             # Topic sets grow with the level; the demo caps D6 at 200 LLM-written topics.
-            recipe=RecipeConfig(name="topics", topic_counts=(1, 3, 8, 20, 50, 100, 200),
-                                topic_pool_size=200, few_shot=3),
+            recipe=RecipeConfig(name="topics", topic_counts=(1, 3, 8, 20, 50, 100, 200), few_shot=3),
             sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=40),
             jax=JaxBackendConfig(batch_buckets=(32,), prompt_buckets=(256, 512)),
             chunk_rows=32,

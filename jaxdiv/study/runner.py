@@ -214,7 +214,7 @@ def train_cells(cfg: StudyConfig, task: Task, pools: dict[int, tuple[Pool, str]]
 
 def results_table(cfg: StudyConfig, task: Task, planned: list[PlannedCell], results: dict[str, dict]
                   ) -> pd.DataFrame:
-    config_hash = configlib.config_hash(cfg)
+    config_hash = configlib.config_hash(dataclasses.replace(cfg, workdir=""))  # the experiment, not its place
     rows = []
     for item in planned:
         result = results[item.key]
@@ -243,12 +243,28 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     """Run (or resume, or just re-report) the study; returns the report's path."""
     workdir = Path(cfg.workdir)
     configlib.save_config(cfg, workdir)
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, started: float) -> None:
+        timings[stage] = round(time.perf_counter() - started, 2)
+        if progress:
+            print(f"[{stage}: {timings[stage]:.1f} s]", flush=True)
+
+    started = time.perf_counter()
     task = load_task(cfg.task)
     pools = ensure_pools(cfg, workdir, progress)
+    timed("generate", started)
+    started = time.perf_counter()
     scorer = Scorer(cfg, task, workdir)
     write_table(pool_table(cfg, task, pools, scorer, progress), workdir / POOLS_FILE)
+    timed("score pools", started)
+    started = time.perf_counter()
     planned = plan_cells(cfg, pools)
     results = train_cells(cfg, task, pools, planned, scorer, workdir, progress)
     write_table(results_table(cfg, task, planned, results), workdir / RESULT_FILE)
-    return write_report(workdir)
-
+    timed("mix, score and train cells", started)
+    started = time.perf_counter()
+    report = write_report(workdir)
+    timed("report", started)
+    _write_json(workdir / "timings.json", timings)
+    return report
