@@ -72,9 +72,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         args = get_args(annotation)
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if variadic and not isinstance(value, (tuple, list)):
+            value = (value,)  # `--set grid.seeds=0` means the one-item tuple
         if not isinstance(value, (tuple, list)):
             raise ConfigError(f"{key}: expected a tuple, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
+        if variadic:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
@@ -217,10 +220,17 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return validate(cls(**kwargs))
 
 
+def content_hash(value: Any) -> str:
+    """A short, stable hash of JSON-able content (dataclasses through their dict form)."""
+    if dataclasses.is_dataclass(value):
+        value = to_dict(value)
+    blob = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def config_hash(cfg: Any) -> str:
     """A short, stable content hash of a config (for caches and result tables)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return content_hash(cfg)
 
 
 def save_config(cfg: Any, directory: str | Path, name: str = "config.json") -> Path:

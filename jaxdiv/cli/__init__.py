@@ -17,8 +17,11 @@ from jaxdiv import __version__
 COMMANDS = (
     "jaxdiv.cli.assets",
     "jaxdiv.cli.tasks",
+    "jaxdiv.cli.generate",
     "jaxdiv.cli.score",
+    "jaxdiv.cli.train",
     "jaxdiv.cli.report",
+    "jaxdiv.cli.run",
 )
 
 
@@ -43,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from jaxdiv.errors import JaxdivError
 
     args = build_parser().parse_args(argv)
+    import jax
+
+    # Random bits that do not depend on how an array is sharded (the default in recent jax;
+    # set so every jaxdiv run draws the same numbers on any mesh).
+    jax.config.update("jax_threefry_partitionable", True)
     try:
         return int(args.func(args) or 0)
     except JaxdivError as err:

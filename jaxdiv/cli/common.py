@@ -8,6 +8,10 @@ import argparse
 def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None) -> None:
     parser.add_argument("--config", default=default_config, metavar="FILE.py",
                         help="a Python config file exposing get_config()")
+    add_override_argument(parser)
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set train.learning_rate=3e-4 "
                              "(repeatable; unknown keys, wrong types and out-of-range values are errors)")

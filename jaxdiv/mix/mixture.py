@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 
 from jaxdiv.io import atomic_path, atomic_write_text
 from jaxdiv.mix.config import MixConfig
@@ -60,7 +61,7 @@ class Mixture:
         directory = Path(directory)
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
-            self.rows.to_parquet(str(tmp / "rows.parquet"))
+            pq.write_table(self.rows.data.table, tmp / "rows.parquet")
             atomic_write_text(tmp / "manifest.json", json.dumps(self.manifest(), indent=1))
         return directory
 
@@ -123,12 +124,16 @@ def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_nam
             picked = _take(table, pool, want, cell.seed, source)
             chosen[source] += picked
             counts[source][label_name] = len(picked)
-    parts = []
+    columns: dict[str, list] = {"id": [], "text": [], "label": [], "source": []}
     for source, table in (("real", real), ("synthetic", synthetic)):
-        subset = table.select(sorted(chosen[source])).select_columns(["id", "text", "label"])
-        subset = subset.cast_column("label", datasets.Value("int64"))
-        parts.append(subset.add_column("source", [source] * subset.num_rows))
-    rows = datasets.concatenate_datasets(parts)
+        picked = sorted(chosen[source])
+        subset = table.select(picked) if picked else None
+        for name in ("id", "text", "label"):
+            columns[name] += [] if subset is None else [int(v) if name == "label" else v for v in subset[name]]
+        columns["source"] += [source] * len(picked)
+    rows = datasets.Dataset.from_dict(columns, features=datasets.Features({
+        "id": datasets.Value("string"), "text": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=list(label_names)), "source": datasets.Value("string")}))
     if rows.num_rows == 0:
         raise MixtureError(f"cell {cell.name()}: the mixture is empty")
     return Mixture(rows=rows, cell=cell, counts=counts, shortfalls=shortfalls)

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiv.errors import JaxdivError
 
-class WeightsError(ValueError):
+
+class WeightsError(JaxdivError, ValueError):
     """A weights file or model config is missing, malformed or does not fit the model."""
 
 
@@ -303,15 +305,18 @@ def load_bert_encoder(directory: str | Path, *, dtype: Any = jnp.float32, seed: 
 
 
 def load_bert_classifier(directory: str | Path, num_labels: int, *, frozen_layers: int = 0,
-                         dtype: Any = jnp.float32, seed: int = 0) -> BertClassifier:
+                         dtype: Any = jnp.float32, seed: int = 0, dropout: bool = True) -> BertClassifier:
     """A `BertClassifier` whose encoder comes from the checkpoint.
 
     The pooler and head are loaded when the checkpoint has them (`bert.pooler.dense`,
     `classifier`, as `BertForSequenceClassification` saves them) and otherwise keep
     their seeded random initialisation (N(0, 0.02), zero bias, as transformers does).
+    `dropout=False` zeroes the checkpoint's dropout rates.
     """
     weights = _weights_file(directory)
     cfg = BertConfig.from_json(weights.parent)
+    if not dropout:
+        cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertClassifier(cfg, num_labels, frozen_layers=frozen_layers, dtype=dtype,
                            rngs=nnx.Rngs(seed))
     tensors = _read_safetensors(weights)

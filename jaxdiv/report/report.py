@@ -19,8 +19,8 @@ from jaxdiv.report.stats import bootstrap_difference, mean_ci
 from jaxdiv.errors import JaxdivError
 
 # The measured quantities plotted against accuracy, first match wins.
-DIVERSITY_COLUMNS = ("data_vendi_q1", "data_dcscore", "data_pairwise_cosine")
-SHIFT_COLUMNS = ("data_mmd2", "data_frechet")
+DIVERSITY_COLUMNS = ("data_vendi_q1", "data_dcscore", "data_mean_cosine_distance")
+SHIFT_COLUMNS = ("data_mmd2", "data_frechet_distance")
 
 
 class ReportError(JaxdivError, ValueError):

@@ -1,0 +1,1 @@
+"""Generate stage: LLM sampler backends, diversity recipes, and the pool-writing runner."""

@@ -1,0 +1,116 @@
+"""Config sections of the generate stage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxdiv.configlib import ConfigError, param, section
+from jaxdiv.data.tasks import TaskConfig
+from jaxdiv.sharding import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How tokens are drawn. temperature 0 is greedy."""
+
+    temperature: float = param(0.8, ge=0.0, help="softmax temperature; 0 = greedy (argmax)")
+    top_p: float = param(0.95, gt=0.0, le=1.0, help="nucleus sampling: keep the smallest set of "
+                         "tokens whose probability reaches top_p (1 = off)")
+    top_k: int = param(0, ge=0, help="keep only the k most likely tokens (0 = off)")
+    min_p: float = param(0.0, ge=0.0, lt=1.0, help="drop tokens less likely than min_p x the top "
+                         "token's probability (0 = off)")
+    max_new_tokens: int = param(64, ge=1, help="stop a completion after this many new tokens")
+    stop: tuple[str, ...] = param((), help="stop strings: a completion ends before the first one")
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxBackendConfig:
+    """The JAX-native generator: checkpoint, static shapes, precision."""
+
+    model: str = param("smollm2-135m-instruct", help="a packaged asset name, a GGUF file, or an HF "
+                       "Llama/Qwen2 safetensors dir (with tokenizer.json)")
+    batch_buckets: tuple[int, ...] = param((1, 8, 32), help="batch sizes compiled for; a batch is "
+                                           "padded up to the next bucket")
+    prompt_buckets: tuple[int, ...] = param((64, 128, 160, 192, 256, 512), help="prompt lengths compiled "
+                                            "for; prompts are left-padded up to the next bucket")
+    decode_chunk: int = param(16, ge=1, help="decode steps run on device between host checks for "
+                              "stop strings and finished rows")
+    dtype: str = param("float32", help="compute and param dtype: float32 or bfloat16")
+
+    def check(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype: {self.dtype!r} is not float32 or bfloat16")
+        for name in ("batch_buckets", "prompt_buckets"):
+            values = getattr(self, name)
+            if not values or any(v < 1 for v in values) or list(values) != sorted(values):
+                raise ConfigError(f"{name}: must be increasing positive sizes, got {values}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAIBackendConfig:
+    """Any server that speaks the OpenAI chat-completions API (vLLM, llama.cpp server, hosted)."""
+
+    base_url: str = param("http://127.0.0.1:8000/v1", help="API root; /chat/completions is appended")
+    model: str = param("", help="the model name sent in each request")
+    api_key_env: str = param("OPENAI_API_KEY", help="environment variable holding the API key "
+                             "(never logged or written)")
+    concurrency: int = param(8, ge=1, help="requests in flight at once")
+    timeout_s: float = param(60.0, gt=0.0, help="per-request timeout")
+    max_retries: int = param(6, ge=0, help="retries on 429 / 5xx / timeouts / malformed replies")
+    backoff_s: float = param(0.5, gt=0.0, help="first retry delay; doubles each retry, with jitter")
+    backoff_max_s: float = param(30.0, gt=0.0, help="cap on one retry delay")
+    send_seed: bool = param(True, help="send the per-row seed (servers that support it reproduce)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig:
+    """A diversity recipe: which mechanism, at which level D0-D6 (see jaxdiv/generate/recipes.py)."""
+
+    name: str = param("topics", help="topics | paraphrase | temperature")
+    level: int = param(3, ge=0, le=6, help="diversity level D0 (lowest) .. D6 (highest)")
+    topic_counts: tuple[int, ...] = param((1, 5, 20, 100, 1000, 5000, 10000),
+                                          help="topics/attributes drawn from at levels D0..D6")
+    paraphrase_fractions: tuple[float, ...] = param(
+        (0.95, 0.8, 0.6, 0.4, 0.2, 0.1, 0.0),
+        help="paraphrase recipe: share of rows replaced by paraphrases of seed rows at D0..D6")
+    paraphrase_seeds: int = param(8, ge=1, help="paraphrase recipe: how many seed rows are paraphrased")
+    paraphrase_base_level: int = param(3, ge=0, le=6, help="paraphrase recipe: the topic level of "
+                                       "the rows that are not paraphrases")
+    temperatures: tuple[float, ...] = param((0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3),
+                                            help="temperature recipe: sampling temperature at D0..D6")
+    few_shot: int = param(3, ge=0, help="real training examples shown in each prompt")
+    topics_file: str = param("", help="user-supplied topics (one a line, or JSONL with a 'topic' "
+                             "field); empty: LLM-generated, cached and versioned")
+    topics_cache: str = param("", help="folder of the cached LLM-generated topic lists "
+                              "(empty: $JAXDIV_CACHE/topics)")
+
+    def check(self) -> None:
+        if self.name not in ("topics", "paraphrase", "temperature"):
+            raise ConfigError(f"name: unknown recipe {self.name!r} (topics, paraphrase, temperature)")
+        for name in ("topic_counts", "paraphrase_fractions", "temperatures"):
+            if len(getattr(self, name)) != 7:
+                raise ConfigError(f"{name}: needs 7 values, one per level D0..D6")
+        if any(not 0.0 <= f <= 1.0 for f in self.paraphrase_fractions):
+            raise ConfigError("paraphrase_fractions: values must lie in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """A `jaxdiv generate` job: task x recipe x level -> a labelled synthetic pool."""
+
+    task: TaskConfig = section(TaskConfig)
+    recipe: RecipeConfig = section(RecipeConfig)
+    sampling: SamplingConfig = section(SamplingConfig)
+    backend: str = param("jax", help="jax (the JAX-native generator) or openai (an HTTP server)")
+    jax: JaxBackendConfig = section(JaxBackendConfig)
+    openai: OpenAIBackendConfig = section(OpenAIBackendConfig)
+    mesh: MeshConfig = section(MeshConfig)
+    n: int = param(600, ge=1, help="rows to generate (accepted + rejected)")
+    chunk_rows: int = param(32, ge=1, help="rows per atomically appended pool chunk")
+    dedup: bool = param(True, help="reject exact (normalised) duplicate texts")
+    workdir: str = param("pools/run", help="the pool directory")
+    seed: int = param(0, help="global seed: prompts, topics, few-shot draws and sampling derive from it")
+
+    def check(self) -> None:
+        if self.backend not in ("jax", "openai"):
+            raise ConfigError(f"backend: {self.backend!r} is not jax or openai")

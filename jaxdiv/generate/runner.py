@@ -1,0 +1,67 @@
+"""`jaxdiv generate`: plan rows, generate them in chunks, parse, append to the pool; resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from jaxdiv import configlib
+from jaxdiv.data.pool import Pool
+from jaxdiv.data.tasks import load_task
+from jaxdiv.generate.config import GenerateConfig
+from jaxdiv.generate.recipes import Recipe, recipe_meta
+from jaxdiv.io import atomic_write_text
+
+
+def pool_meta(cfg: GenerateConfig, task, backend) -> dict:
+    """What a pool is; a resumed run must match it exactly (the pool's identity)."""
+    identity = {k: v for k, v in configlib.to_dict(cfg).items() if k not in ("workdir", "chunk_rows", "mesh")}
+    identity["jax"] = {"model": cfg.jax.model, "dtype": cfg.jax.dtype} if cfg.backend == "jax" else None
+    identity["openai"] = ({"base_url": cfg.openai.base_url, "model": cfg.openai.model}
+                          if cfg.backend == "openai" else None)
+    return {"task": task.name, "label_names": list(task.label_names), "recipe": cfg.recipe.name,
+            "level": cfg.recipe.level, "n": cfg.n, "generator": backend.generator_id,
+            "weights_hash": backend.weights_hash,
+            "identity_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Pool:
+    """Generate `cfg.n` rows into `cfg.workdir` (resuming what is there); returns the pool."""
+    from tqdm.auto import tqdm
+
+    from jaxdiv.generate.backends import make_backend
+
+    task = load_task(cfg.task)
+    if backend is None:
+        mesh = None
+        if cfg.backend == "jax":
+            from jaxdiv.sharding import make_mesh
+
+            mesh = make_mesh(cfg.mesh)
+        backend = make_backend(cfg, mesh=mesh)
+    workdir = Path(cfg.workdir)
+    pool = Pool.create(workdir, pool_meta(cfg, task, backend))
+    configlib.save_config(cfg, workdir)
+    recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=progress)
+    atomic_write_text(workdir / "recipe.json", json.dumps(recipe_meta(recipe), indent=2))
+    done = pool.done_rows()
+    todo = [row for row in range(cfg.n) if row not in done]
+    counts = pool.counts()
+    bar = tqdm(total=cfg.n, initial=len(done), desc=f"generate {task.name} {cfg.recipe.name} "
+               f"D{cfg.recipe.level}", unit="row", disable=not progress)
+    tokens, started = 0, time.perf_counter()
+    for begin in range(0, len(todo), cfg.chunk_rows):
+        plans = [recipe.plan(row) for row in todo[begin:begin + cfg.chunk_rows]]
+        completions = backend.complete([plan.request for plan in plans])
+        stored = pool.append([recipe.parse(plan, c) for plan, c in zip(plans, completions)],
+                             dedup=cfg.dedup)
+        tokens += sum(c.completion_tokens for c in completions)
+        counts = pool.counts()
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.update(len(stored))
+        bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}",
+                        accept=f"{counts['accepted'] / max(counts['rows'], 1):.0%}")
+    bar.close()
+    return pool

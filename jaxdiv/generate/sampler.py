@@ -1,0 +1,311 @@
+"""JAX-native batched sampler: jitted prefill + jitted decode chunks over a preallocated KV cache.
+
+Static shapes: a batch is padded to a batch bucket, prompts are left-padded to a prompt
+bucket, and the cache holds prompt bucket + max-new-tokens bucket slots, so a run
+compiles a handful of programs whatever the prompts. All rows decode in lock step (one
+shared cache write slot per step, see `jaxdiv.models.llama`).
+
+Reproducibility: the token drawn for row r at step t uses the key
+fold_in(fold_in(key(seed), r), t), so a row's sample depends only on (seed, row id,
+prompt, sampling params), never on which other rows share its batch; any row can be
+regenerated alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdiv import sharding as shd
+from jaxdiv.errors import JaxdivError
+from jaxdiv.models.llama import KVCache, Llama, positions_from_mask
+from jaxdiv.models.tokenizer import ChatTokenizer
+from jaxdiv.errors import JaxdivError
+
+
+class GenerationError(JaxdivError, ValueError):
+    """A generation request cannot be served (names the row and what is wrong)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg) -> "SamplingParams":
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One completion to produce. `row_id` (with `seed`) fixes the sampling randomness."""
+
+    row_id: int
+    messages: tuple[dict, ...]
+    sampling: SamplingParams
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    row_id: int
+    text: str
+    finish_reason: str  # "eos" | "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,
+                  *, top_k: int, use_top_p: bool) -> jax.Array:
+    """Temperature-scaled logits (B, V) with the tokens outside top-k / top-p / min-p at -inf.
+
+    Per-row temperature, top_p and min_p; top_k and whether any row uses top-p are static
+    (they change the program). Rows with temperature 0 are left for the caller's argmax.
+    """
+    logits = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    neg_inf = jnp.finfo(logits.dtype).min
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg_inf, logits)
+    if use_top_p:
+        logits = jnp.where(nucleus_mask(jax.nn.softmax(logits, axis=-1), top_p), logits, neg_inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    floor = min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
+    return jnp.where(probs < floor, neg_inf, logits)
+
+
+def nucleus_mask(probs: jax.Array, top_p: jax.Array, candidates: int = 256,
+                 iterations: int = 32) -> jax.Array:
+    """(B, V) bool: the top-p nucleus, i.e. the most likely tokens up to and including the one
+    whose cumulative mass first reaches top_p.
+
+    Sorting the vocabulary every step is slow on a CPU, so the nucleus is found among the
+    `candidates` most likely tokens (`lax.top_k`). Rows whose nucleus is larger (very flat
+    distributions) fall back to a bisection for tau = max{t : mass(p >= t) >= top_p} over
+    the whole vocabulary; both are exact (up to ties closer than max_prob / 2**iterations).
+    """
+    top = jax.lax.top_k(probs, min(candidates, probs.shape[-1]))[0]
+    reached = jnp.cumsum(top, axis=-1) >= top_p[:, None]
+    threshold = jnp.take_along_axis(top, jnp.argmax(reached, axis=-1)[:, None], axis=-1)[:, 0]
+    covered = reached[:, -1]
+
+    def bisected():
+        def mass(t):
+            return jnp.sum(jnp.where(probs >= t[:, None], probs, 0.0), axis=-1)
+
+        def step(_, bounds):
+            low, high = bounds
+            mid = 0.5 * (low + high)
+            enough = mass(mid) >= top_p
+            return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
+
+        high = jnp.max(probs, axis=-1) * (1 + 1e-6) + 1e-30  # mass(high) = 0 < top_p
+        low, _ = jax.lax.fori_loop(0, iterations, step, (jnp.zeros_like(high), high))
+        return jnp.where(covered, threshold, low)
+
+    threshold = jax.lax.cond(jnp.all(covered), lambda: threshold, bisected)
+    return probs >= threshold[:, None]
+
+
+def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool):
+    """One token per row: argmax where temperature == 0, else a draw with the row's own key."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw():
+        filtered = filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p)
+        drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    return jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
+
+
+def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
+    for size in buckets:
+        if value <= size:
+            return size
+    raise GenerationError(f"{what} {value} exceeds the largest bucket {buckets[-1]}; add a larger one")
+
+
+def _stop_at(text: str, stops: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+class JaxGenerator:
+    """Batched generation with a Llama-family model. Thread-compatible, not thread-safe."""
+
+    def __init__(self, model: Llama, tokenizer: ChatTokenizer, *,
+                 batch_buckets: Sequence[int] = (1, 8, 32),
+                 prompt_buckets: Sequence[int] = (64, 128, 256, 512), decode_chunk: int = 16,
+                 mesh: jax.sharding.Mesh | None = None, stop_at_eos: bool = True):
+        self.tokenizer = tokenizer
+        self.cfg = model.cfg
+        self.mesh = mesh
+        data_size = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        # every batch bucket must split evenly over the data axes
+        self.batch_buckets = tuple(sorted({math.ceil(b / data_size) * data_size for b in batch_buckets}))
+        self.prompt_buckets = tuple(prompt_buckets)
+        self.decode_chunk = decode_chunk
+        self.graphdef, self.state = nnx.split(model)
+        eos = set(model.cfg.eos_token_ids) | set(tokenizer.eos_token_ids)
+        if not eos:
+            raise GenerationError("the model/tokenizer defines no EOS token")
+        # stop_at_eos=False (benchmarks: a fixed number of new tokens) matches no token id
+        self.eos_ids = jnp.asarray(sorted(eos) if stop_at_eos else [-1], jnp.int32)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+        self._prefill = jax.jit(self._prefill_impl, static_argnames=("slots", "top_k", "use_top_p"))
+        self._decode = jax.jit(self._decode_impl,
+                               static_argnames=("prompt_bucket", "num_steps", "top_k", "use_top_p"),
+                               donate_argnames=("cache", "out"))
+
+    # -- device programs ------------------------------------------------------------------
+    def _row_keys(self, seeds, row_ids, step):
+        base = jax.vmap(lambda s, r: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), r), step))
+        return base(seeds, row_ids)
+
+    def _prefill_impl(self, state, tokens, prompt_mask, seeds, row_ids, temperature, top_p, min_p,
+                      *, slots, top_k, use_top_p):
+        model = nnx.merge(self.graphdef, state)
+        batch, width = tokens.shape
+        cache = KVCache.zeros(self.cfg, batch, slots, model.dtype)
+        if self.mesh is not None:
+            cache = jax.lax.with_sharding_constraint(
+                cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))
+        key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, slots - width), bool)], axis=1)
+        hidden, cache = model.hidden_states(tokens, positions_from_mask(prompt_mask), key_mask, cache, 0)
+        logits = model.logits(hidden[:, -1])
+        first = sample_tokens(logits, self._row_keys(seeds, row_ids, 0), temperature, top_p, min_p,
+                              top_k=top_k, use_top_p=use_top_p)
+        return first, cache, key_mask
+
+    def _decode_impl(self, state, cache, out, done, key_mask, prompt_lengths, max_new, seeds,
+                     row_ids, temperature, top_p, min_p, start_step, *, prompt_bucket, num_steps,
+                     top_k, use_top_p):
+        """Run `num_steps` decode steps from `start_step`; out[:, t] holds token t (pad when done).
+
+        Token t (already in `out`) is fed at slot prompt_bucket + t, giving the logits of token
+        t + 1; `out` has one column more than the decode slots, for the last step's token.
+        """
+        model = nnx.merge(self.graphdef, state)
+
+        def step(i, carry):
+            cache, out, done = carry
+            t = start_step + i
+            token = jax.lax.dynamic_slice_in_dim(out, t, 1, axis=1)
+            positions = (prompt_lengths + t)[:, None]
+            hidden, cache = model.hidden_states(token, positions, key_mask, cache, prompt_bucket + t)
+            logits = model.logits(hidden[:, -1])
+            nxt = sample_tokens(logits, self._row_keys(seeds, row_ids, t + 1), temperature, top_p,
+                                min_p, top_k=top_k, use_top_p=use_top_p)
+            done = done | jnp.isin(token[:, 0], self.eos_ids) | (t + 1 >= max_new)
+            nxt = jnp.where(done, self.pad_id, nxt)
+            out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], t + 1, axis=1)
+            return cache, out, done
+
+        return jax.lax.fori_loop(0, num_steps, step, (cache, out, done))
+
+    # -- host side --------------------------------------------------------------------------
+    def encode(self, request: Request) -> list[int]:
+        ids = self.tokenizer.encode_chat(list(request.messages))
+        if not ids:
+            raise GenerationError(f"row {request.row_id}: the prompt encodes to no tokens")
+        return ids
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        """Completions in the order of `requests`. Batches group rows of like static settings."""
+        results: dict[int, Completion] = {}
+        groups: dict[tuple, list[tuple[int, Request, list[int]]]] = {}
+        for index, request in enumerate(requests):
+            s = request.sampling
+            key = (s.top_k, s.top_p < 1.0)
+            groups.setdefault(key, []).append((index, request, self.encode(request)))
+        largest = self.batch_buckets[-1]
+        for (top_k, use_top_p), items in groups.items():
+            items.sort(key=lambda item: len(item[2]))  # similar lengths share a prompt bucket
+            for begin in range(0, len(items), largest):
+                batch = items[begin:begin + largest]
+                for (index, _, _), completion in zip(batch, self._run_batch(batch, top_k, use_top_p)):
+                    results[index] = completion
+        return [results[i] for i in range(len(requests))]
+
+    def _run_batch(self, batch, top_k: int, use_top_p: bool) -> list[Completion]:
+        size = _bucket(len(batch), self.batch_buckets, "batch size")
+        longest = max(len(ids) for _, _, ids in batch)
+        width = _bucket(longest, self.prompt_buckets, f"prompt length (row {batch[0][1].row_id})")
+        max_new = max(r.sampling.max_new_tokens for _, r, _ in batch)
+        new_slots = math.ceil(max_new / self.decode_chunk) * self.decode_chunk
+        tokens = np.full((size, width), self.pad_id, np.int32)
+        mask = np.zeros((size, width), bool)
+        rows = np.zeros((6, size), np.float64)  # seed, row id, temperature, top_p, min_p, max_new
+        lengths = np.ones(size, np.int32)
+        for slot in range(size):
+            _, request, ids = batch[min(slot, len(batch) - 1)]  # padding rows repeat the last row
+            tokens[slot, width - len(ids):] = ids
+            mask[slot, width - len(ids):] = True
+            lengths[slot] = len(ids)
+            s = request.sampling
+            rows[:, slot] = (request.seed, request.row_id, s.temperature, s.top_p, s.min_p,
+                             s.max_new_tokens)
+        seeds, row_ids = jnp.asarray(rows[0], jnp.uint32), jnp.asarray(rows[1], jnp.uint32)
+        temperature, top_p, min_p = (jnp.asarray(rows[i], jnp.float32) for i in (2, 3, 4))
+        max_new_rows = jnp.asarray(rows[5], jnp.int32)
+        tokens, mask = self._place(tokens), self._place(mask)
+        first, cache, key_mask = self._prefill(
+            self.state, tokens, mask, seeds, row_ids, temperature, top_p, min_p,
+            slots=width + new_slots, top_k=top_k, use_top_p=use_top_p)
+        out = jnp.full((size, new_slots + 1), self.pad_id, jnp.int32).at[:, 0].set(first)
+        done = np.zeros(size, bool)
+        done[len(batch):] = True
+        stops = [request.sampling.stop for _, request, _ in batch]
+        stopped = np.zeros(len(batch), bool)
+        for start in range(0, new_slots, self.decode_chunk):
+            cache, out, done_dev = self._decode(
+                self.state, cache, out, jnp.asarray(done), key_mask, jnp.asarray(lengths),
+                max_new_rows, seeds, row_ids, temperature, top_p, min_p, start,
+                prompt_bucket=width, num_steps=self.decode_chunk, top_k=top_k, use_top_p=use_top_p)
+            done = np.array(done_dev)
+            tokens_so_far = np.asarray(out)
+            for row, stop in enumerate(stops):
+                if stop and not done[row]:
+                    text = self.tokenizer.decode(tokens_so_far[row, :start + self.decode_chunk + 1])
+                    if _stop_at(text, stop) is not None:
+                        done[row] = stopped[row] = True
+            if done.all():
+                break
+        return [self._completion(request, ids, np.asarray(out)[row], stopped[row])
+                for row, (_, request, ids) in enumerate(batch)]
+
+    def _completion(self, request: Request, prompt: list[int], generated: np.ndarray,
+                    stopped: bool) -> Completion:
+        limit = request.sampling.max_new_tokens
+        generated = generated[:limit].tolist()
+        eos = set(np.asarray(self.eos_ids).tolist())
+        ends = [i for i, tok in enumerate(generated) if tok in eos]
+        reason = "length"
+        if ends:
+            generated, reason = generated[:ends[0]], "eos"
+        text = self.tokenizer.decode(generated)
+        cut = _stop_at(text, request.sampling.stop)
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+        elif stopped:
+            reason = "stop"
+        return Completion(row_id=request.row_id, text=text, finish_reason=reason,
+                          prompt_tokens=len(prompt), completion_tokens=len(generated) + (reason == "eos"))
+
+    def _place(self, array: np.ndarray) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(array)
+        return jax.device_put(array, shd.batch_sharding(self.mesh, array.ndim))

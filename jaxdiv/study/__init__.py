@@ -1,0 +1,1 @@
+"""The study: the diversity x proportion x budget grid, run end to end."""

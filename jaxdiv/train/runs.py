@@ -1,0 +1,177 @@
+"""Ablation runs in one program: R classifier runs that share shapes, trained at once.
+
+Every array of the train state gets a leading run axis (logical name `runs`, sharded over
+the `data` mesh axis) and the train step is `jax.vmap`ped over it. Runs differ in seed,
+peak learning rate and training rows (data subsets, mixing ratios: any row set); they
+share the model, batch size, sequence length and optimizer settings. A run whose data is
+smaller has fewer steps: its state stops changing once `step == total_steps` (a per-run
+step mask; its batches are not padded). Each run computes exactly what `train_classifier`
+computes for it alone (same init, data order, dropout keys and schedule).
+
+    results = train_classifier_runs(cfg, [RunSpec(rows_a, seed=0), RunSpec(rows_b, seed=1,
+                                    learning_rate=1e-4)], {"test": test_rows}, workdir)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jaxdiv import configlib
+from jaxdiv.io import atomic_write_text
+from jaxdiv.models.bert import load_tokenizer
+from jaxdiv.sharding import DEFAULT_RULES, make_mesh, named_sharding
+from jaxdiv.train import data as data_lib
+from jaxdiv.train.checkpoint import Checkpointer
+from jaxdiv.train.config import TrainJobConfig
+from jaxdiv.train.loop import to_host, total_steps
+from jaxdiv.train.metrics import MetricsWriter, classification_metrics
+from jaxdiv.train.state import (build_model, decayed_keys, init_state, make_optimizer, model_dir,
+                                param_shardings, state_shardings)
+from jaxdiv.train.step import make_eval_step, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of an ablation: its training rows, seed and peak learning rate (None: the config's)."""
+
+    train_rows: Any
+    seed: int = 0
+    learning_rate: float | None = None
+    name: str = ""
+
+
+def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
+                          eval_splits: Mapping[str, Any] | None = None, workdir: str | Path | None = None,
+                          *, label_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Train all runs in one vmapped program; returns one result dict per run, in order
+    ({"name", "seed", "learning_rate", "steps", "eval": {split: metrics}, "params"})."""
+    if not runs:
+        raise configlib.ConfigError("train_classifier_runs: no runs given")
+    workdir = Path(workdir or cfg.workdir)
+    optim = cfg.optim
+    if jax.process_index() == 0:
+        configlib.save_config(cfg, workdir)
+    tokenizer = load_tokenizer(model_dir(cfg.model))
+    encoded, names = [], label_names
+    for index, run in enumerate(runs):
+        texts, labels, names = data_lib.read_rows(run.train_rows, names, what=f"run {index} train rows")
+        encoded.append(data_lib.encode_rows(tokenizer, texts, labels, cfg.model.max_length))
+    evals = {}
+    for split, rows in (eval_splits or {}).items():
+        texts, labels, _ = data_lib.read_rows(rows, names, what=f"{split} rows")
+        evals[split] = data_lib.encode_rows(tokenizer, texts, labels, cfg.model.max_length)
+
+    specs = [build_model(cfg.model, len(names), run.seed) for run in runs]
+    spec = specs[0]
+    steps = np.array([total_steps(optim, len(rows)) for rows in encoded], np.int32)
+    learning_rates = np.array([run.learning_rate or optim.learning_rate for run in runs], np.float32)
+    seeds = np.array([run.seed for run in runs], np.uint32)
+    # Frozen params that every run shares (a pretrained encoder) are kept once, without a run
+    # axis: less memory, and each frozen layer runs as one (R x batch)-row matmul.
+    frozen_keys = sorted(set(spec.initial) - spec.trainable_keys)
+    shared = all(np.array_equal(s.initial[k], spec.initial[k]) for s in specs[1:] for k in frozen_keys)
+    run_axes = {"trainable": 0, "frozen": None if shared else 0, "opt_state": 0, "step": 0, "rng": 0,
+                "learning_rate": 0, "total_steps": 0}
+    trainable_init = {k: np.stack([s.initial[k] for s in specs]) for k in sorted(spec.trainable_keys)}
+    frozen_init = {k: spec.initial[k] if shared else np.stack([s.initial[k] for s in specs]) for k in frozen_keys}
+
+    mesh = make_mesh(cfg.mesh)
+    # The run axis is sharded over `data` when it divides evenly, else runs are replicated
+    # (and the batch inside each run takes the data axis instead).
+    rules = DEFAULT_RULES if len(runs) % mesh.shape["data"] == 0 else tuple(
+        (name, () if name == "runs" else axes) for name, axes in DEFAULT_RULES)
+    tx = make_optimizer(optim, decayed_keys(spec))
+
+    def init_all(seeds, lrs, totals, trainable, frozen):
+        one = lambda seed, lr, total, tr, fr: init_state(spec, tx, seed, lr, total, {**tr, **fr})
+        return jax.vmap(one, in_axes=(0, 0, 0, 0, run_axes["frozen"]), out_axes=run_axes)(
+            seeds, lrs, totals, trainable, frozen)
+
+    args = (seeds, learning_rates, steps, trainable_init, frozen_init)
+    abstract = jax.eval_shape(init_all, *args)
+    shardings = state_shardings(spec, abstract, mesh, rules, lead=("runs",))
+    if shared:
+        shardings["frozen"] = {k: v for k, v in param_shardings(spec, mesh, rules).items() if k in frozen_init}
+    checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
+    restored = None
+    if cfg.checkpoint.resume:
+        restored = checkpointer.restore_latest(jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings))
+    state = restored[0] if restored else jax.jit(init_all, out_shardings=shardings)(*args)
+    start = int(restored[1]["step"]) if restored else 0
+
+    single_step = make_train_step(spec, tx, optim)
+
+    def masked_step(state, batch):
+        new_state, metrics = single_step(state, batch)
+        active = state["step"] < state["total_steps"]  # the per-run step mask
+        masked = {name: value if name == "frozen" else
+                  jax.tree.map(lambda new, old: jnp.where(active, new, old), value, state[name])
+                  for name, value in new_state.items()}
+        return masked, metrics
+
+    batch_shardings = {k: named_sharding(mesh, ("runs", "batch") + (None,) * (k != "labels"), rules)
+                       for k in ("input_ids", "attention_mask", "labels")}
+    metric_sharding = named_sharding(mesh, ("runs",), rules)
+    train_step = jax.jit(jax.vmap(masked_step, in_axes=(run_axes, 0), out_axes=(run_axes, 0)),
+                         in_shardings=(shardings, batch_shardings),
+                         out_shardings=(shardings, metric_sharding), donate_argnums=0)
+    eval_shardings = {k: NamedSharding(mesh, PartitionSpec()) for k in batch_shardings}
+    eval_step = jax.jit(jax.vmap(make_eval_step(spec), in_axes=(run_axes, None)),
+                        in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    writer = MetricsWriter(workdir, cfg.log.tensorboard)
+    bar = tqdm(total=int(steps.max()), initial=start, desc=f"train x{len(runs)}", unit="step",
+               dynamic_ncols=True, disable=not cfg.log.progress or jax.process_index() != 0)
+    for step in range(start, int(steps.max())):
+        # A finished run's batch is never used (its state is masked): row 0 stands in.
+        host = [rows.take(data_lib.batch_indices(run.seed, step, optim.batch_size, len(rows))
+                          if step < total else np.zeros(optim.batch_size, np.int64))
+                for run, rows, total in zip(runs, encoded, steps)]
+        host_batch = {k: np.stack([h[k] for h in host]) for k in host[0]}
+        state, metrics = train_step(state, data_lib.global_batch(host_batch, batch_shardings))
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log.every == 0 or done == steps.max():
+            values = to_host(metrics)
+            for index in range(len(runs)):
+                if step < steps[index]:
+                    writer.write(done, f"run{index}/train", {k: v[index] for k, v in values.items()})
+            bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in values["loss"]))
+        if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == steps.max():
+            checkpointer.save(done, state, {"step": done, "runs": len(runs)})
+    bar.close()
+    checkpointer.close()
+
+    results = [{"name": run.name or f"run{index}", "seed": run.seed, "learning_rate": float(learning_rates[index]),
+                "steps": int(steps[index]), "num_rows": len(encoded[index]), "eval": {}}
+               for index, run in enumerate(runs)]
+    for split, rows in evals.items():
+        losses, predictions = [], []
+        for batch in data_lib.eval_batches(rows, optim.eval_batch_size):
+            keep = batch.pop("weights") > 0
+            out = to_host(eval_step(state, data_lib.global_batch(batch, eval_shardings)))
+            losses.append(out["loss"][:, keep])
+            predictions.append(out["prediction"][:, keep])
+        losses, predictions = np.concatenate(losses, 1), np.concatenate(predictions, 1)
+        for index, result in enumerate(results):
+            result["eval"][split] = classification_metrics(rows.labels, predictions[index], losses[index])
+            writer.write(int(steps[index]), f"run{index}/eval/{split}", result["eval"][split])
+    writer.close()
+    if jax.process_index() == 0:
+        atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
+    trainable, frozen = to_host(state["trainable"]), to_host(state["frozen"])
+    for index, result in enumerate(results):
+        result["params"] = {**{k: v[index] for k, v in trainable.items()},
+                            **{k: v if shared else v[index] for k, v in frozen.items()}}
+        result["label_names"] = list(names)
+    return results

@@ -1,0 +1,204 @@
+"""Supervised fine-tuning of a causal LM (the shared `jaxdiv.models.llama.Llama`) on
+(prompt, response) pairs, with the loss on response tokens only.
+
+    result = train_sft(cfg, rows, eval_rows, workdir)   # rows: [{"prompt", "response"}, ...]
+
+Each pair becomes `chat(prompt) + response + EOS` (the prompt wrapped as a user turn of the
+model's chat template, ending with the assistant header), cut to `model.max_length` and
+right-padded. Only positions predicting a response token (or the EOS) count in the loss. The
+loop, sharding, checkpoints and resume are those of `jaxdiv.train.loop.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxdiv import configlib
+from jaxdiv.io import atomic_write_text
+from jaxdiv.sharding import batch_sharding
+from jaxdiv.train import data as data_lib
+from jaxdiv.train.config import LMModelConfig, SFTJobConfig
+from jaxdiv.train.distributed import initialize
+from jaxdiv.train.loop import fit, to_host
+from jaxdiv.train.state import ModelSpec, replicated, spec_of
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPairs:
+    """Tokenised pairs: int32 (n, length) ids, attention mask and response-token mask."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    loss_mask: np.ndarray  # 1 where the token is part of the response (incl. EOS)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
+                "loss_mask": self.loss_mask[index]}
+
+
+def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from a list of dicts, a `datasets.Dataset` or a file; a blank
+    or missing field raises DataError naming the row."""
+    import datasets
+
+    what = "sft rows"
+    if isinstance(source, (str, Path)):
+        source, what = data_lib.load_table(source), str(source)
+    rows = source.to_list() if isinstance(source, datasets.Dataset) else list(source)
+    columns = (cfg.data.prompt_column, cfg.data.response_column)
+    pairs = []
+    for index, row in enumerate(rows):
+        values = [row.get(c) for c in columns]
+        if not all(isinstance(v, str) and v.strip() for v in values):
+            raise data_lib.DataError(f"{what}: row {index} needs non-blank {list(columns)}, got {row!r:.120}")
+        pairs.append((values[0], values[1]))
+    if not pairs:
+        raise data_lib.DataError(f"{what}: no rows")
+    return pairs
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, chat_template: bool = True
+                 ) -> EncodedPairs:
+    eos = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    ids = np.full((len(pairs), max_length), pad, np.int32)
+    mask, loss_mask = np.zeros_like(ids), np.zeros_like(ids)
+    for row, (prompt, response) in enumerate(pairs):
+        prompt_ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if chat_template
+                      else tokenizer.encode(prompt))
+        response_ids = tokenizer.encode(response) + ([eos] if eos is not None else [])
+        if len(prompt_ids) >= max_length:
+            raise data_lib.DataError(f"sft row {row}: the prompt alone is {len(prompt_ids)} tokens, leaving "
+                                     f"no room for the response within model.max_length={max_length}")
+        tokens = (prompt_ids + response_ids)[:max_length]
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+        loss_mask[row, len(prompt_ids): len(tokens)] = 1
+    return EncodedPairs(ids, mask, loss_mask)
+
+
+def split_pairs(pairs: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list, list]:
+    """A stable hash split: a pair is held out iff hash(seed, prompt, response) falls below `fraction`."""
+    def score(pair):
+        digest = hashlib.sha256(f"{seed}\x00{pair[0]}\x00{pair[1]}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+    held = [score(p) < fraction for p in pairs]
+    return [p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h]
+
+
+def build_lm(cfg: LMModelConfig, seed: int):
+    """(ModelSpec, ChatTokenizer) of the decoder: pretrained weights or a seeded random init."""
+    from jaxdiv.models import llama
+    from jaxdiv.models.tokenizer import ChatTokenizer
+
+    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    if cfg.pretrained:
+        model, tokenizer = llama.load_pretrained(cfg.checkpoint, dtype=dtype)
+        return spec_of(model, model.cfg), tokenizer
+    path = llama.resolve_checkpoint(cfg.checkpoint)
+    if path.suffix == ".gguf":
+        import gguf
+
+        arch = llama.gguf_config(gguf.GGUFReader(path), path)
+        tokenizer = ChatTokenizer.from_gguf(path)
+    else:
+        arch, tokenizer = llama.hf_config(path), ChatTokenizer.from_hf_dir(path)
+    overrides = {name: getattr(cfg, name) for name in
+                 ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
+                 if getattr(cfg, name)}
+    if "hidden_size" in overrides or "num_heads" in overrides:
+        hidden = overrides.get("hidden_size", arch.hidden_size)
+        overrides["head_dim"] = hidden // overrides.get("num_heads", arch.num_heads)
+    arch = dataclasses.replace(arch, **overrides)
+    model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype)
+    return spec_of(model, arch), tokenizer
+
+
+def _token_losses(spec: ModelSpec, params, batch) -> tuple[jax.Array, jax.Array]:
+    """Per-example summed cross-entropy over response targets, and their counts."""
+    logits = spec.apply(params)(batch["input_ids"], batch["attention_mask"])
+    targets = batch["input_ids"][:, 1:]
+    weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+    return jnp.sum(ce * weights, axis=1), jnp.sum(weights, axis=1)
+
+
+def lm_loss(spec: ModelSpec):
+    """Mean cross-entropy per response token of the (micro-)batch (`step.LossFn`)."""
+    def loss_fn(params, batch, dropout_key):
+        total, count = _token_losses(spec, params, batch)
+        return jnp.sum(total) / jnp.maximum(jnp.sum(count), 1.0), {"response_tokens": jnp.sum(count)}
+    return loss_fn
+
+
+def llama_train_flops(cfg, batch: int, length: int) -> float:
+    """Matmul FLOPs of one SFT step: 3x the forward (projections, attention, LM head)."""
+    h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_token_layer = 2 * (h * q * 2 + h * kv * 2 + 3 * h * cfg.intermediate_size) + 2 * 2 * length * q
+    forward = batch * length * (cfg.num_layers * per_token_layer + 2 * h * cfg.vocab_size)
+    return 3.0 * forward
+
+
+def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdir: str | Path | None = None
+              ) -> dict[str, Any]:
+    """Fine-tune; returns {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train
+    metrics, "params": final params (host)}. Without eval_rows, data.eval_fraction of the rows
+    is held out."""
+    initialize(cfg.distributed)
+    workdir = Path(workdir or cfg.workdir)
+    if jax.process_index() == 0:
+        configlib.save_config(cfg, workdir)
+    if rows is None and not cfg.data.path:
+        raise configlib.ConfigError("data.path: no rows given; set data.path or pass --train-rows")
+    pairs = read_pairs(rows if rows is not None else cfg.data.path, cfg)
+    if eval_rows is None:
+        pairs, eval_pairs = split_pairs(pairs, cfg.data.eval_fraction, cfg.seed)
+    else:
+        eval_pairs = read_pairs(eval_rows, cfg)
+    spec, tokenizer = build_lm(cfg.model, cfg.seed)
+    encode = lambda p: encode_pairs(tokenizer, p, cfg.model.max_length, cfg.data.chat_template)
+    train, evals = encode(pairs), encode(eval_pairs) if eval_pairs else None
+    results: dict[str, Any] = {}
+    compiled: dict[str, Any] = {}
+
+    def evaluate(state, shardings, mesh, step, writer):
+        if evals is None:
+            return
+        if not compiled:
+            compiled["shardings"] = {k: batch_sharding(mesh, 2) for k in ("input_ids", "attention_mask", "loss_mask")}
+            compiled["step"] = jax.jit(lambda s, b: _token_losses(spec, {**s["trainable"], **s["frozen"]}, b),
+                                       in_shardings=(shardings, compiled["shardings"]),
+                                       out_shardings=replicated(mesh))
+        eval_step, batch_shardings = compiled["step"], compiled["shardings"]
+        total = count = 0.0
+        for start in range(0, len(evals), cfg.optim.eval_batch_size):
+            index = np.arange(start, start + cfg.optim.eval_batch_size) % len(evals)
+            keep = np.arange(start, start + cfg.optim.eval_batch_size) < len(evals)
+            losses, counts = to_host(eval_step(state, data_lib.global_batch(evals.take(index), batch_shardings)))
+            total += float(np.sum(losses[keep], dtype=np.float64))
+            count += float(np.sum(counts[keep]))
+        loss = total / max(count, 1.0)
+        results["eval"] = {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
+        writer.write(step, "eval/heldout", results["eval"])
+
+    flops = llama_train_flops(spec.config, cfg.optim.batch_size, cfg.model.max_length)
+    fitted = fit(cfg, spec, train, workdir, loss_fn=lm_loss(spec), flops_per_step=flops, evaluate_fn=evaluate)
+    results.update(steps=fitted.steps, train=fitted.train_metrics, resumed_from=fitted.resumed_from,
+                   num_pairs=len(pairs), eval_pairs=len(eval_pairs), workdir=str(workdir))
+    if jax.process_index() == 0:
+        atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
+    results["params"] = to_host({**fitted.state["trainable"], **fitted.state["frozen"]})
+    return results

@@ -1,0 +1,189 @@
+"""JAX sampler: greedy parity with transformers `generate`, logit filters vs numpy, per-row
+reproducibility whatever the batch, stop handling, data-axis sharding."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdiv.generate.sampler import (GenerationError, JaxGenerator, Request, SamplingParams,
+                                     filter_logits, nucleus_mask, sample_tokens)
+from jaxdiv.models import llama
+
+FIXTURE = Path(__file__).parent / "fixtures" / "greedy_reference.json"
+
+
+def _requests(prompts, sampling, seed=0):
+    return [Request(i, ({"role": "user", "content": p},), sampling, seed) for i, p in enumerate(prompts)]
+
+
+def test_greedy_matches_stored_transformers_generate(smollm2_generator):
+    reference = json.loads(FIXTURE.read_text())
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=reference["max_new_tokens"])
+    completions = smollm2_generator.generate(_requests(reference["prompts"], greedy))
+    tokenizer = smollm2_generator.tokenizer
+    for completion, expected in zip(completions, reference["token_ids"]):
+        assert completion.text == tokenizer.decode(expected)
+        ended = len(expected) < reference["max_new_tokens"]
+        assert completion.finish_reason == ("eos" if ended else "length")
+        assert completion.completion_tokens == len(expected) + ended
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_greedy_matches_transformers_generate_live(smollm2_generator, smollm2_gguf):
+    pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    from tests.generate.make_reference import MAX_NEW_TOKENS, PROMPTS, transformers_greedy
+
+    expected = transformers_greedy(smollm2_gguf)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
+    tokenizer = smollm2_generator.tokenizer
+    got = smollm2_generator.generate(_requests(PROMPTS, greedy))
+    assert [tokenizer.encode(c.text) for c in got] == expected
+
+
+def _filter_reference(logits, temperature, top_k, top_p, min_p):
+    """float64 numpy: the set of tokens each filter keeps, applied in order."""
+    x = logits.astype(np.float64) / temperature
+    keep = np.ones_like(x, bool)
+    if top_k:
+        keep &= x >= np.sort(x)[-top_k]
+    if top_p < 1.0:
+        masked = np.where(keep, x, -np.inf)
+        order = np.argsort(-masked)
+        probs = np.exp(masked[order] - masked[order][0])
+        probs /= probs.sum()
+        above = np.cumsum(probs) - probs
+        nucleus = np.zeros_like(keep)
+        nucleus[order[above < top_p]] = True
+        keep &= nucleus
+    masked = np.where(keep, x, -np.inf)
+    probs = np.exp(masked - masked.max())
+    probs /= probs.sum()
+    return keep & (probs >= min_p * probs.max())
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (5, 1.0, 0.0), (0, 1.0, 0.2),
+                                              (7, 0.8, 0.05)])
+def test_filters_keep_the_reference_token_sets(top_k, top_p, min_p):
+    rng = np.random.default_rng(top_k)
+    logits = rng.normal(0, 2, (6, 50)).astype(np.float32)
+    temperature = np.array([0.5, 0.7, 1.0, 1.3, 2.0, 0.9], np.float32)
+    filtered = np.asarray(filter_logits(
+        jnp.asarray(logits), jnp.asarray(temperature), jnp.full(6, top_p), jnp.full(6, min_p),
+        top_k=top_k, use_top_p=top_p < 1.0))
+    kept = filtered > np.finfo(np.float32).min
+    for row in range(6):
+        expected = _filter_reference(logits[row], temperature[row], top_k, top_p, min_p)
+        np.testing.assert_array_equal(kept[row], expected)
+        np.testing.assert_allclose(filtered[row][kept[row]], logits[row][kept[row]] / temperature[row],
+                                   rtol=1e-6)
+
+
+@pytest.mark.parametrize("candidates", [3, 64])
+def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates):
+    """Rows whose nucleus exceeds the candidate count take the bisection path; both exact."""
+    rng = np.random.default_rng(candidates)
+    logits = rng.normal(0, 1, (5, 40)) * np.array([[0.1], [1.0], [3.0], [6.0], [0.5]])
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    top_p = np.array([0.9, 0.5, 0.95, 0.3, 0.99])
+    got = np.asarray(nucleus_mask(jnp.asarray(probs, jnp.float32), jnp.asarray(top_p, jnp.float32),
+                                  candidates=candidates))
+    for row in range(5):
+        order = np.argsort(-probs[row])
+        above = np.cumsum(probs[row][order]) - probs[row][order]
+        expected = np.zeros(40, bool)
+        expected[order[above < top_p[row]]] = True
+        np.testing.assert_array_equal(got[row], expected)
+
+
+def test_draws_follow_the_filtered_distribution():
+    logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    n = 20000
+    keys = jax.random.split(jax.random.key(0), n)
+    draw = jax.jit(jax.vmap(lambda k: sample_tokens(logits, k[None], jnp.ones(1), jnp.full(1, 0.9),
+                                                    jnp.zeros(1), top_k=0, use_top_p=True)[0]))
+    counts = np.bincount(np.asarray(draw(keys)), minlength=6) / n
+    probs = np.exp(np.asarray(logits[0], np.float64))
+    probs /= probs.sum()
+    # top_p=0.9 keeps the 3 most likely tokens (mass above the 4th is 0.90..., >= 0.9 cuts it)
+    kept = probs[:3] / probs[:3].sum() if probs[:3].sum() >= 0.9 else probs[:4] / probs[:4].sum()
+    expected = np.zeros(6)
+    expected[:len(kept)] = kept
+    np.testing.assert_allclose(counts, expected, atol=0.015)
+    greedy = sample_tokens(logits, jax.random.split(jax.random.key(1), 1), jnp.zeros(1), jnp.ones(1),
+                           jnp.zeros(1), top_k=0, use_top_p=False)
+    assert int(greedy[0]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(smollm2):
+    """A tiny random Llama over the real SmolLM2 tokenizer: fast compiles for behavioural tests."""
+    _, tokenizer = smollm2
+    cfg = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                            num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                            eos_token_ids=(2,))
+    model = llama.Llama(cfg, rngs=nnx.Rngs(0))
+    generator = JaxGenerator(model, tokenizer, batch_buckets=(1, 8), prompt_buckets=(64,), decode_chunk=4)
+    return model, tokenizer, generator
+
+
+PROMPTS = ["Tell me about cats.", "Why is the sky blue?", "A question about rivers, please.",
+           "Summarise the plot of a film.", "What is an atom?"]
+SAMPLED = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12)
+
+
+def test_same_seed_same_sample_whatever_the_batch(tiny_generator):
+    generator = tiny_generator[2]
+    together = generator.generate(_requests(PROMPTS, SAMPLED, seed=7))
+    alone = generator.generate([_requests(PROMPTS, SAMPLED, seed=7)[3]])
+    shuffled = generator.generate(_requests(PROMPTS, SAMPLED, seed=7)[::-1])
+    assert alone[0] == together[3]
+    assert shuffled[::-1] == together
+    other_seed = generator.generate(_requests(PROMPTS, SAMPLED, seed=8))
+    assert [c.text for c in other_seed] != [c.text for c in together]
+    assert len({c.text for c in together}) == len(PROMPTS)  # rows draw with their own keys
+
+
+def test_prompts_sharded_on_the_data_axis_give_the_same_rows(tiny_generator):
+    from jaxdiv.sharding import MeshConfig, make_mesh
+
+    model, tokenizer, plain = tiny_generator
+    mesh = make_mesh(MeshConfig(data=8))
+    sharded = JaxGenerator(model, tokenizer, batch_buckets=(1, 8), prompt_buckets=(64,),
+                           decode_chunk=4, mesh=mesh)
+    assert sharded.batch_buckets == (8,)
+    assert sharded.generate(_requests(PROMPTS, SAMPLED, seed=7)) == plain.generate(
+        _requests(PROMPTS, SAMPLED, seed=7))
+
+
+def test_stop_strings_and_max_new_tokens(tiny_generator):
+    generator = tiny_generator[2]
+    free = generator.generate(_requests(PROMPTS, SAMPLED, seed=7))
+    assert all(c.finish_reason == "length" and c.completion_tokens == 12 for c in free)
+    # stop at a character each free-running text contains: the text ends right before it
+    stops = [c.text[len(c.text) // 2] for c in free]
+    stopped = generator.generate([
+        Request(i, ({"role": "user", "content": p},),
+                SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, stop=(stop,)), 7)
+        for i, (p, stop) in enumerate(zip(PROMPTS, stops))])
+    for c, full, stop in zip(stopped, free, stops):
+        assert c.finish_reason == "stop"
+        assert c.text == full.text[:full.text.find(stop)]
+    short = generator.generate(_requests(PROMPTS[:2], SamplingParams(temperature=1.0, top_p=0.95,
+                                                                     max_new_tokens=5), seed=7))
+    for c, full in zip(short, free):
+        assert c.completion_tokens == 5 and full.text.startswith(c.text)
+
+
+def test_overlong_prompt_is_a_named_error(tiny_generator):
+    model, tokenizer, _ = tiny_generator
+    generator = JaxGenerator(model, tokenizer, batch_buckets=(1,), prompt_buckets=(16,))
+    with pytest.raises(GenerationError, match=r"prompt length \(row 0\) \d+ exceeds the largest bucket 16"):
+        generator.generate(_requests(["word " * 40], SAMPLED))
