@@ -12,8 +12,9 @@ def register(sub, formatter) -> None:
     parser = sub.add_parser(
         "score", formatter_class=formatter,
         help="score a pool: embedding + lexical diversity, quality, complexity, shift, with CIs",
-        description="Score a pool of texts (a .parquet / .jsonl / .json / .csv file or a `datasets` "
-                    "directory with a text column, optionally a label column).\n\n"
+        description="Score a pool of texts: a generated-pool directory (`jaxdiv generate`), or a "
+                    ".parquet / .jsonl / .json / .csv file or a `datasets` directory with a text "
+                    "column, optionally a label column.\n\n"
                     "Families: embedding diversity (Vendi q=0.5/1/2/inf, mean cosine distance, chamfer, "
                     "DCScore, k-means, log-det, effective rank), lexical (distinct-n, n-gram entropy, "
                     "self-BLEU, gzip ratio, self-repetition), quality (exact / near duplicates, label "
@@ -23,7 +24,7 @@ def register(sub, formatter) -> None:
                     "Writes WORKDIR/score_report.json and WORKDIR/config.json, and prints a table.",
         epilog="Example: jaxdiv score pool.jsonl --real trec --set bootstrap.samples=50 "
                "--set diversity.dcscore_temperature=0.5")
-    parser.add_argument("pool", help="the pool to score (file or `datasets` directory)")
+    parser.add_argument("pool", help="the pool to score (pool directory, table file or `datasets` directory)")
     parser.add_argument("--real", default=None, metavar="TASK",
                         help="a real task (see `jaxdiv tasks list`) to measure shift and label fidelity against")
     parser.add_argument("--workdir", default=None, help="where to write the report (overrides workdir)")

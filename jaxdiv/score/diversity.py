@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +66,7 @@ def check_embeddings(x: np.ndarray | jax.Array, what: str = "embeddings") -> Non
         raise EmbeddingError(f"{what}: set-level diversity needs at least 2 rows, got {n}")
     if d < 1:
         raise EmbeddingError(f"{what}: rows have no dimensions")
-    nonfinite, zero = _bad_rows(jnp.asarray(x))
+    nonfinite, zero = bad_rows(jnp.asarray(x))
     if int(nonfinite) >= 0:
         raise EmbeddingError(f"{what}: row {int(nonfinite)} contains NaN or Inf")
     if int(zero) >= 0:
@@ -76,7 +75,7 @@ def check_embeddings(x: np.ndarray | jax.Array, what: str = "embeddings") -> Non
 
 
 @jax.jit
-def _bad_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def bad_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """First row with a NaN/Inf and first all-zero row (-1 where there is none)."""
     nonfinite = ~jnp.all(jnp.isfinite(x), axis=1)
     zero = jnp.all(x == 0, axis=1)
@@ -239,7 +238,7 @@ def _squared_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
     return jnp.maximum(d2, 0.0)
 
 
-def _kmeans_plus_plus(x_local, valid, key, k, n, axes, n_local):
+def kmeans_plus_plus(x_local, valid, key, k, n, axes, n_local):
     """k-means++ seeding; the D^2-weighted draw is made on the global cumulative sum."""
     device = jax.lax.axis_index(axes)
     local_ids = jnp.arange(n_local)
@@ -290,7 +289,7 @@ def occupancy_entropy(counts: jax.Array) -> jax.Array:
 
 
 def _kmeans(x_local, valid, key, k, iterations, n, axes):
-    centers = _kmeans_plus_plus(x_local, valid, key, k, n, axes, x_local.shape[0])
+    centers = kmeans_plus_plus(x_local, valid, key, k, n, axes, x_local.shape[0])
     weights = valid.astype(jnp.float32)
 
     def global_partials(centers):

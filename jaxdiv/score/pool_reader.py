@@ -1,9 +1,12 @@
-"""Read a pool to score: parquet, JSONL / JSON, CSV, or a `datasets` directory with a text column.
+"""Read a pool to score: a generated-pool directory, parquet, JSONL / JSON, CSV, or a `datasets` directory.
 
-Any table with a text column (and optionally a label column) is a pool; the generated-pool store
-(`jaxdiv.data.pool`) writes such tables. A row *failed to parse* when its text is missing or
-blank, or when the table has a `parse_error_column` and that row's value there is non-empty;
-such rows are counted (parse_failure_share) and not scored, never silently dropped.
+- A generated-pool directory (`jaxdiv.data.pool`, with its `pool.json`): its accepted rows are
+  scored with their labels; rows it rejected for any reason other than being a duplicate count
+  as parse failures (duplicates are the pool's own dedup, reported by `Pool.reasons()`).
+- Any other table with a text column (and optionally a label column): a row *failed to parse*
+  when its text is missing or blank, or when the table has a `parse_error_column` and that
+  row's value there is non-empty.
+Failed rows are counted (parse_failure_share) and not scored, never silently dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import datasets
 
+from jaxdiv.data.pool import ACCEPTED, POOL_FILE, Pool
 from jaxdiv.score.errors import PoolError
 
 
@@ -56,6 +60,8 @@ def read_pool(path: str | Path, text_column: str = "text", label_column: str = "
     path = Path(path).expanduser()
     if not path.exists():
         raise PoolError(f"pool {path} does not exist")
+    if (path / POOL_FILE).is_file():
+        return _read_generated_pool(path)
     table = _open(path)
     if text_column not in table.column_names:
         raise PoolError(f"{path}: no text column {text_column!r}; it has {table.column_names}")
@@ -72,3 +78,11 @@ def read_pool(path: str | Path, text_column: str = "text", label_column: str = "
             labels.append(str(raw_labels[row]))
         texts.append(str(text))
     return PoolRows(str(path), texts, labels if raw_labels is not None else None, len(raw_texts))
+
+
+def _read_generated_pool(path: Path) -> PoolRows:
+    pool = Pool.open(path)
+    accepted = [r for r in pool.rows() if r["status"] == ACCEPTED]
+    failed = sum(r["status"] != ACCEPTED and not r["reason"].startswith("duplicate") for r in pool.rows())
+    return PoolRows(str(path), [r["text"] for r in accepted], [r["intended_label"] for r in accepted],
+                    len(accepted) + failed)

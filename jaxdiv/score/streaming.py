@@ -20,10 +20,9 @@ from tqdm.auto import tqdm
 
 from jaxdiv.score.config import DiversityConfig
 from jaxdiv.score.errors import EmbeddingError
-from jaxdiv.score.diversity import (HIGHEST, METRIC_NAMES, _bad_rows,
-                                    _kmeans_plus_plus, default_mesh, lloyd_partials, lloyd_update,
-                                    normalize_rows, occupancy_entropy, pair_summary, pair_terms,
-                                    summarize)
+from jaxdiv.score.diversity import (HIGHEST, METRIC_NAMES, bad_rows, default_mesh, kmeans_plus_plus,
+                                    lloyd_partials, lloyd_update, normalize_rows, occupancy_entropy,
+                                    pair_summary, pair_terms, summarize)
 
 
 @functools.partial(jax.jit, static_argnames=("n_valid",))
@@ -59,7 +58,7 @@ class _Chunks:
 
     def load(self, start: int) -> tuple[jax.Array, jax.Array]:
         raw = np.asarray(self.array[start:start + self.rows], dtype=np.float32)
-        nonfinite, zero = (int(v) for v in _bad_rows(jnp.asarray(raw)))
+        nonfinite, zero = (int(v) for v in bad_rows(jnp.asarray(raw)))
         if nonfinite >= 0:
             raise EmbeddingError(f"{self.path}: row {start + nonfinite} contains NaN or Inf")
         if zero >= 0:
@@ -111,7 +110,7 @@ def _streaming_kmeans(chunks: _Chunks, cfg: DiversityConfig, bar) -> tuple[jax.A
     sample = normalize_rows(jnp.asarray(np.asarray(chunks.array[sample_ids], np.float32)))
     mesh = default_mesh(jax.devices()[:1])
     seed = jax.shard_map(
-        lambda x, key: _kmeans_plus_plus(x, jnp.ones(x.shape[0], bool), key, k, x.shape[0],
+        lambda x, key: kmeans_plus_plus(x, jnp.ones(x.shape[0], bool), key, k, x.shape[0],
                                          mesh.axis_names, x.shape[0]),
         mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()), out_specs=PartitionSpec(),
         check_vma=False)

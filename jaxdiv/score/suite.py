@@ -18,7 +18,7 @@ from jaxdiv.data.tasks import Task
 from jaxdiv.score.bootstrap import biased_under_subsampling, half_sample_intervals
 from jaxdiv.score.complexity import complexity_metrics
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
-from jaxdiv.score.diversity import embedding_diversity
+from jaxdiv.score.diversity import check_embeddings, embedding_diversity
 from jaxdiv.score.embed import Embedder
 from jaxdiv.score.lexical import lexical_metrics, self_bleu_rows
 from jaxdiv.score.errors import PoolError
@@ -52,6 +52,7 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
         raise PoolError(f"a pool needs at least 2 scorable texts to measure diversity, got {n}")
     embedder = embedder or Embedder(cfg.embedder, cfg.mesh)
     x = embedder.embed(texts, progress=progress) if embeddings is None else np.asarray(embeddings, np.float32)
+    check_embeddings(x, "pool embeddings")  # once here; the half-samples reuse checked rows
     mesh = make_mesh(cfg.mesh)
     info: dict[str, float | str | bool] = {}
     rows_for_bleu = self_bleu_rows(n, cfg.lexical)

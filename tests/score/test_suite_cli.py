@@ -94,3 +94,24 @@ def test_pool_reader_formats_and_errors(files):
         read_pool(pool, text_column="prompt")
     with pytest.raises(PoolError, match="does not exist"):
         read_pool(root / "missing.jsonl")
+
+
+def test_reads_a_generated_pool_directory(files):
+    from jaxdiv.data.pool import ACCEPTED, REJECTED, Pool, PoolRow
+
+    root, _, _, rows = files
+
+    def row(index, text, status=ACCEPTED, reason=""):
+        return PoolRow(row=index, id=f"p-{index}", text=text, intended_label="HUM",
+                       parsed_label="HUM" if status == ACCEPTED else "", status=status, reason=reason,
+                       raw_output=text, finish_reason="stop", recipe="topics", level=1, topic="t",
+                       attributes={}, few_shot_ids=[], template_id="t", prompt="p", generator="g",
+                       weights_hash="w", sampling={}, seed=index, prompt_tokens=1, completion_tokens=1,
+                       created="2026-11-21T00:00:00+00:00")
+
+    pool = Pool.create(root / "generated", {"label_names": ["HUM", "LOC"]})
+    pool.append([row(0, rows[0]["text"]), row(1, rows[1]["text"]), row(2, rows[0]["text"]),  # a duplicate
+                 row(3, "", REJECTED, "no question in the output")])
+    read = read_pool(root / "generated")
+    assert read.texts == [rows[0]["text"], rows[1]["text"]] and read.labels == ["HUM", "HUM"]
+    assert read.parse_failures == 1 and read.total_rows == 3
