@@ -22,6 +22,7 @@ COMMANDS = (
     "jaxdiv.cli.train",
     "jaxdiv.cli.report",
     "jaxdiv.cli.run",
+    "jaxdiv.cli.compare",
 )
 
 

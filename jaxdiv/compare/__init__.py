@@ -1,0 +1,1 @@
+"""Framework comparison: the JAX fine-tune beside its PyTorch twin (`jaxdiv compare`)."""
