@@ -20,7 +20,7 @@ def get_config() -> CompareJobConfig:
             model=ModelConfig(asset="minilm-l6-v2", max_length=64, dropout=False),
             optim=OptimConfig(steps=96, batch_size=32, learning_rate=5e-5, warmup_fraction=0.1,
                               decay="linear", eval_batch_size=100),
-            mesh=MeshConfig(data=1),
+            mesh=MeshConfig(data=-1),
             seed=0,
         ),
         parity=ParityConfig(train_rows=1024, test_rows=0, logits_tolerance=1e-4, loss_tolerance=2e-2),

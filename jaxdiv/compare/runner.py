@@ -113,24 +113,31 @@ def plot_curves(jax_loss: list[float], torch_loss: list[float], title: str) -> b
     return buffer.getvalue()
 
 
-def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune with both frameworks on the same rows and compare (see the module docstring).
+@dataclasses.dataclass
+class JaxSide:
+    """The JAX run of a comparison: its prepared rows and model, the initial logits on the first
+    test rows, and the run's per-step losses and times, test metrics and peak memory."""
 
-    `train_source`: rows to train on (a file, a `datasets.Dataset` or dicts; default: the
-    task's train split). Both are evaluated on the task's test split.
-    """
-    import torch
+    job: Any  # the TrainJobConfig actually run
+    prepared: Any  # jaxdiv.train.loop.Prepared
+    steps: int
+    logits_batch: dict[str, np.ndarray]
+    initial_logits: np.ndarray
+    loss: list[float]
+    step_seconds: list[float]
+    test: dict[str, float]
+    peak_rss_mb: float
+    peak_resettable: bool
 
-    from jaxdiv.compare import torch_twin
+
+def run_jax_side(cfg: CompareJobConfig, train_source: Any = None, *, progress: bool = True) -> JaxSide:
+    """Train with `jaxdiv.train.loop.train_classifier` (logging every step, no resume) in
+    <workdir>/jax. `train_source`: rows to train on (a file, a `datasets.Dataset` or dicts;
+    default: the task's train split); evaluation is on the task's test split."""
     from jaxdiv.data.tasks import load_task
     from jaxdiv.train.loop import prepare, total_steps, train_classifier
-    from jaxdiv.train.state import model_dir
 
-    cfg = configlib.validate(cfg)
     workdir = Path(cfg.workdir)
-    configlib.save_config(cfg, workdir)
-    if cfg.parity.torch_threads:
-        torch.set_num_threads(cfg.parity.torch_threads)
     task = load_task(cfg.train.task)
     train_rows = select_rows(task.splits["train"] if train_source is None else train_source,
                              task.label_names, cfg.parity.train_rows, "train rows")
@@ -142,49 +149,65 @@ def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bo
     shutil.rmtree(workdir / "jax", ignore_errors=True)  # a fresh curve each time (no resume)
 
     prepared = prepare(job, train_rows, {"test": test_rows}, task.label_names)
-    steps = total_steps(job.optim, len(prepared.train))
-    batch, jax_logits = initial_logits(prepared.spec, prepared.evals["test"])
-
-    peak_resettable = reset_peak_rss()
-    jax_result = train_classifier(job, train_rows, {"test": test_rows}, label_names=task.label_names)
-    jax_peak = peak_rss_mb()
+    batch, logits = initial_logits(prepared.spec, prepared.evals["test"])
+    resettable = reset_peak_rss()
+    result = train_classifier(job, train_rows, {"test": test_rows}, label_names=task.label_names)
+    peak = peak_rss_mb()
     records = [json.loads(line) for line in (workdir / "jax" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
-    jax_loss = [r["loss"] for r in train_records]
-    jax_seconds = [1.0 / r["steps_per_s"] for r in train_records]
-    del jax_result["params"]
+    return JaxSide(job, prepared, total_steps(job.optim, len(prepared.train)), batch, logits,
+                   [r["loss"] for r in train_records], [1.0 / r["steps_per_s"] for r in train_records],
+                   result["eval"]["test"], peak, resettable)
+
+
+def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune with both frameworks on the same rows and compare (see the module docstring);
+    `train_source` as in `run_jax_side`."""
+    import torch
+
+    from jaxdiv.compare import torch_twin
+    from jaxdiv.train.state import model_dir
+
+    cfg = configlib.validate(cfg)
+    workdir = Path(cfg.workdir)
+    configlib.save_config(cfg, workdir)
+    if cfg.parity.torch_threads:
+        torch.set_num_threads(cfg.parity.torch_threads)
+    ours = run_jax_side(cfg, train_source, progress=progress)
+    job, prepared, steps = ours.job, ours.prepared, ours.steps
 
     reset_peak_rss()
     model = torch_twin.build_twin(model_dir(job.model), prepared.spec, job.model.frozen_layers)
-    torch_logits = torch_twin.twin_logits(model, batch)
+    torch_logits = torch_twin.twin_logits(model, ours.logits_batch)
     twin = torch_twin.train_twin(model, job.optim, prepared.train, steps, job.seed, progress=progress)
     torch_eval = torch_twin.evaluate_twin(model, prepared.evals["test"], job.optim.eval_batch_size)
     torch_peak = peak_rss_mb()
 
-    logits_gap = float(np.abs(jax_logits - torch_logits).max())
-    gaps = np.abs(np.asarray(jax_loss) - np.asarray(twin["loss"]))
-    jax_speed = _speed(jax_seconds, job.optim.batch_size, jax_peak)
+    logits_gap = float(np.abs(ours.initial_logits - torch_logits).max())
+    gaps = np.abs(np.asarray(ours.loss) - np.asarray(twin["loss"]))
+    jax_speed = _speed(ours.step_seconds, job.optim.batch_size, ours.peak_rss_mb)
     torch_speed = _speed(twin["step_seconds"], job.optim.batch_size, torch_peak)
     report = {
         "steps": steps, "train_rows": len(prepared.train), "test_rows": len(prepared.evals["test"]),
         "batch_size": job.optim.batch_size, "max_length": job.model.max_length,
-        "initial_logits": {"rows": int(len(jax_logits)), "max_abs_diff": logits_gap,
+        "initial_logits": {"rows": int(len(torch_logits)), "max_abs_diff": logits_gap,
+                           "jax": ours.initial_logits.tolist(), "torch": torch_logits.tolist(),
                            "tolerance": cfg.parity.logits_tolerance,
                            "ok": logits_gap <= cfg.parity.logits_tolerance},
-        "loss_curves": {"jax": jax_loss, "torch": twin["loss"], "max_abs_gap": float(gaps.max()),
+        "loss_curves": {"jax": ours.loss, "torch": twin["loss"], "max_abs_gap": float(gaps.max()),
                         "mean_abs_gap": float(gaps.mean()), "final_gap": float(gaps[-1]),
-                        "correlation": float(np.corrcoef(jax_loss, twin["loss"])[0, 1]) if steps > 2 else 1.0,
+                        "correlation": float(np.corrcoef(ours.loss, twin["loss"])[0, 1]) if steps > 2 else 1.0,
                         "tolerance": cfg.parity.loss_tolerance,
                         "ok": bool(gaps.max() <= cfg.parity.loss_tolerance)},
-        "test": {"jax": jax_result["eval"]["test"], "torch": torch_eval},
+        "test": {"jax": ours.test, "torch": torch_eval},
         "speed": {"jax": jax_speed, "torch": torch_speed,
                   "jax_over_torch_examples_per_s": jax_speed["examples_per_s"] / torch_speed["examples_per_s"],
-                  "peak_rss_per_framework": peak_resettable},
+                  "peak_rss_per_framework": ours.peak_resettable},
         "versions": versions(), "torch_threads": torch.get_num_threads(),
     }
     report["ok"] = report["initial_logits"]["ok"] and report["loss_curves"]["ok"]
     atomic_write_text(workdir / "compare.json", json.dumps(report, indent=2))
     atomic_write_bytes(workdir / "loss_curves.png", plot_curves(
-        jax_loss, twin["loss"], f"MiniLM fine-tune on {cfg.train.task.name}: {len(prepared.train)} rows, "
-                                f"batch {job.optim.batch_size}, {steps} steps"))
+        ours.loss, twin["loss"], f"MiniLM fine-tune on {cfg.train.task.name}: {len(prepared.train)} rows, "
+                                 f"batch {job.optim.batch_size}, {steps} steps"))
     return report

@@ -39,8 +39,8 @@ def build_twin(model_directory: str | Path, spec: ModelSpec, frozen_layers: int 
     heads = {"pooler": model.bert.pooler.dense, "classifier": model.classifier}
     with torch.no_grad():
         for name, layer in heads.items():
-            layer.weight.copy_(torch.from_numpy(spec.initial[f"{name}/kernel"].T.copy()))
-            layer.bias.copy_(torch.from_numpy(spec.initial[f"{name}/bias"]))
+            layer.weight.copy_(torch.tensor(spec.initial[f"{name}/kernel"].T))
+            layer.bias.copy_(torch.tensor(spec.initial[f"{name}/bias"]))
     frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:frozen_layers]) if frozen_layers else []
     for module in frozen:
         module.requires_grad_(False)
