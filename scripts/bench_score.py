@@ -83,7 +83,7 @@ def bench_vendi(sizes, repeats, rate):
 
     mesh = default_mesh()
     gram = jax.jit(lambda m: jnp.matmul(m.T, m, precision=jax.lax.Precision.HIGHEST))
-    rows = []
+    rows, results = [], []
     for n in sizes:
         x = unit_rows(n)
         xj = jnp.asarray(x)
@@ -92,6 +92,7 @@ def bench_vendi(sizes, repeats, rate):
                          "xtx": lambda: gram(xj).block_until_ready()}, repeats)
         floor = 2 * n * D * D / (rate * 1e9)
         ours_v = vendi_scores(x, mesh=mesh)["vendi_q1"]
+        results.append({"n": n, "jaxdiv_s": t["ours"], "peer_s": t["peer"], "xtx_s": t["xtx"], "floor_s": floor})
         rows.append((n, f"{t['ours'] * 1e3:.1f}", f"{t['peer'] * 1e3:.1f}", f"{t['xtx'] * 1e3:.1f}",
                      f"{floor * 1e3:.1f}", f"{t['peer'] / t['ours']:.2f}x", f"{t['ours'] / t['xtx']:.2f}x",
                      f"{t['ours'] / floor:.2f}x",
@@ -99,7 +100,7 @@ def bench_vendi(sizes, repeats, rate):
     print("\n## Vendi (jaxdiv computes q = 0.5, 1, 2, inf + log-det + effective rank in the one call)")
     table(rows, ("n", "jaxdiv ms", "score_dual ms", "X^T X matmul ms", "floor at matmul rate ms",
                  "speed-up vs peer", "jaxdiv / X^T X", "jaxdiv / rate floor", "rel diff vs f64"))
-    return rows
+    return results
 
 
 def bench_pairs(n, repeats, rate, block):
@@ -128,7 +129,7 @@ def bench_pairs(n, repeats, rate, block):
             f"{executed / s / 1e9 / rate:.0%}", f"{full / s / 1e9 / rate:.0%}")],
           ("n", "s", "GFLOP/s executed", "GFLOP/s n x n-equivalent", "matmul GFLOP/s (same rounds)",
            "executed / matmul", "equivalent / matmul"))
-    return s
+    return {"seconds": s, "executed_of_matmul": executed / s / 1e9 / rate, "matmul_gflops": rate}
 
 
 def child_suite(n: int) -> None:
@@ -156,7 +157,7 @@ def bench_suite(n, peer_sizes, timeout):
           ("n", "warm s", "cold s (with compile)", "peak RSS MB"))
     print("metrics:", json.dumps({k: round(v, 4) for k, v in ours["metrics"].items()}))
 
-    rows = []
+    rows, peers = [], []
     for m in peer_sizes:
         code = ("import sys,time,json,resource,numpy as np\n"
                 f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
@@ -177,6 +178,7 @@ def bench_suite(n, peer_sizes, timeout):
             result = json.loads(peer.stdout.strip().splitlines()[-1]) if peer.returncode == 0 else None
         except subprocess.TimeoutExpired:
             result = None
+        peers.append({"n": m, **(result or {"did_not_finish": True})})
         if result is None:
             rows.append((m, "did not finish", f"(> {timeout} s or out of memory)", "", "", ""))
             break
@@ -187,7 +189,7 @@ def bench_suite(n, peer_sizes, timeout):
                  "diversity chamfer_dist s", "peak RSS MB"))
     n_bytes = n * n * 8
     print(f"At n = {n} their n x n float64 matrix alone is {n_bytes / 2**30:.0f} GiB: they cannot run here.")
-    return ours
+    return {"jaxdiv": ours, "peers": peers}
 
 
 def bench_embed(texts_n, repeats, minilm):
@@ -226,6 +228,8 @@ def bench_embed(texts_n, repeats, minilm):
     table([(f"{texts_n / ours:.0f}", f"{texts_n / peer:.0f}", f"{peer / ours:.2f}x",
             f"{np.abs(x_ours - x_peer).max():.1e}", torch.get_num_threads())],
           ("jaxdiv sent/s", "sentence-transformers sent/s", "speed-up", "max abs diff", "torch threads"))
+    return {"jaxdiv_sent_s": texts_n / ours, "peer_sent_s": texts_n / peer, "max_abs_diff":
+            float(np.abs(x_ours - x_peer).max()), "torch_threads": torch.get_num_threads()}
 
 
 def main():
