@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's jaxdiv, also in children
+from jaxdiv.compare.memory import peak_rss_mb  # noqa: E402
 
 D = 384
 
@@ -143,8 +145,7 @@ def child_suite(n: int) -> None:
     start = time.perf_counter()
     out = embedding_diversity(x)
     warm = time.perf_counter() - start
-    print(json.dumps({"n": n, "cold_s": cold, "warm_s": warm, "metrics": out,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"n": n, "cold_s": cold, "warm_s": warm, "metrics": out, "peak_rss_mb": peak_rss_mb()}))
 
 
 def bench_suite(n, peer_sizes, timeout):
@@ -159,9 +160,10 @@ def bench_suite(n, peer_sizes, timeout):
 
     rows, peers = [], []
     for m in peer_sizes:
-        code = ("import sys,time,json,resource,numpy as np\n"
+        code = ("import sys,time,json,numpy as np\n"
                 f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
                 "from bench_score import unit_rows\n"
+                "from jaxdiv.compare.memory import peak_rss_mb\n"
                 "from vendi_score import vendi\n"
                 "from sklearn.metrics.pairwise import cosine_distances\n"
                 f"x = unit_rows({m}); out = {{}}\n"
@@ -171,7 +173,7 @@ def bench_suite(n, peer_sizes, timeout):
                 "out['remote_clique'] = time.perf_counter() - t\n"
                 "t = time.perf_counter(); d = cosine_distances(x); np.min(d + np.eye(len(d)) * 1e9, axis=1).mean()\n"
                 "out['chamfer_dist'] = time.perf_counter() - t\n"
-                "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+                "out['peak_rss_mb'] = peak_rss_mb()\n"
                 "print(json.dumps(out))\n")
         try:
             peer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import resource
 import shutil
 import statistics
 from pathlib import Path
@@ -24,28 +23,9 @@ import numpy as np
 
 from jaxdiv import configlib
 from jaxdiv.compare.config import CompareJobConfig
+from jaxdiv.compare.memory import peak_rss_mb, reset_peak_rss
 from jaxdiv.io import atomic_write_bytes, atomic_write_text
 from jaxdiv.train import data as data_lib
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process since the last reset (VmHWM), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def select_rows(source: Any, label_names: tuple[str, ...], limit: int, what: str) -> list[dict[str, Any]]:
