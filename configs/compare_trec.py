@@ -23,6 +23,6 @@ def get_config() -> CompareJobConfig:
             mesh=MeshConfig(data=-1),
             seed=0,
         ),
-        parity=ParityConfig(train_rows=1024, test_rows=0, logits_tolerance=1e-4, loss_tolerance=2e-2),
+        parity=ParityConfig(train_rows=1024, test_rows=0, logits_tolerance=1e-4, loss_tolerance=1e-3),
         workdir="runs/compare_trec",
     )

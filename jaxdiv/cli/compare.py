@@ -29,6 +29,14 @@ def register(sub, formatter) -> None:
 
 def _compare(args) -> int:
     import dataclasses
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        print("jaxdiv compare: error: needs PyTorch, from the torch extra: pip install 'jaxdiv[torch]' "
+              "(CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu first)",
+              file=sys.stderr)
+        return 2
 
     from jaxdiv.compare.runner import run_compare
     from jaxdiv.configlib import load_config

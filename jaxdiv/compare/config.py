@@ -16,9 +16,11 @@ class ParityConfig:
     test_rows: int = param(0, ge=0, help="evaluate on the first N test rows (0: all)")
     logits_tolerance: float = param(1e-4, gt=0.0, help="max |logit difference| of the two initial models")
     loss_tolerance: float = param(
-        2e-2, gt=0.0, help="max |loss difference| over the per-step curves. f32 kernels differ in "
-                           "summation order (~1e-6 a step); Adam's normalisation turns such gradient noise "
-                           "into O(lr) parameter noise, so the gap grows slowly with the steps")
+        1e-3, gt=0.0, help="max |loss difference| over the per-step curves. f32 kernels differ in "
+                           "summation order (~1e-7 in the loss); Adam's normalisation turns such gradient "
+                           "noise into parameter noise, so the gap grows slowly with the steps (measured: "
+                           "7e-6 after 96 steps of configs/compare_trec.py); 1e-3 leaves a wide margin "
+                           "yet catches any real difference (a wrong decay mask, schedule or clip)")
     torch_threads: int = param(0, ge=0, help="torch intra-op threads (0: torch's default)")
 
 
