@@ -2,8 +2,9 @@
 
     python scripts/bench_all.py                  # the reference run (about an hour on 2 CPU cores)
     python scripts/bench_all.py --skip-demo      # without the demo study (~15 min less)
-    python scripts/bench_all.py --quick          # smaller sizes, a smoke test in a few minutes;
-                                                 # writes runs/bench_quick/benchmarks.md instead
+    python scripts/bench_all.py --quick          # smaller sizes and a shrunk demo: a smoke test
+                                                 # (15 min on the loaded 2-core VM, 8 with
+                                                 # --skip-demo); writes runs/bench_quick/benchmarks.md
 
 Rows (each measured here, peer and jaxdiv in the same process run; the per-stage scripts'
 functions do the measuring: scripts/bench_score.py, bench_generate.py, bench_train.py):
@@ -339,7 +340,7 @@ def render(info: dict, rows: list[Row], failures: dict[str, str], args, rates: l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="reduced sizes (a smoke test of a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (a smoke test, ~15 min on 2 cores)")
     parser.add_argument("--skip-demo", action="store_true", help="leave out the demo study (the longest row)")
     parser.add_argument("--sections", default="suite,embed,generate,finetune,ablation,demo",
                         help="comma-separated subset of the sections")
