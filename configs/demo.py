@@ -20,10 +20,10 @@ def get_config() -> StudyConfig:
     return StudyConfig(
         task=TaskConfig(name="trec"),
         generate=GenerateConfig(
-            # Topic sets grow with the level; the demo caps D6 at 200 LLM-written topics.
-            recipe=RecipeConfig(name="topics", topic_counts=(1, 3, 8, 20, 50, 100, 200), few_shot=3),
-            sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=40),
-            jax=JaxBackendConfig(batch_buckets=(32,), prompt_buckets=(256, 512)),
+            # Topic sets grow with the level; the demo caps D6 at 100 LLM-written topics.
+            recipe=RecipeConfig(name="topics", topic_counts=(1, 3, 8, 20, 40, 70, 100), few_shot=3),
+            sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=32),
+            jax=JaxBackendConfig(batch_buckets=(32,), prompt_buckets=(160, 256)),  # prompts: ~100-150 tokens
             chunk_rows=32,
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
@@ -35,8 +35,8 @@ def get_config() -> StudyConfig:
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False, progress=True),
         ),
-        grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.5, 1.0), budgets=(8, 24), seeds=(0, 1),
-                        pool_rows=240),
+        grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.5, 1.0), budgets=(8, 16), seeds=(0, 1),
+                        pool_rows=150),
         train_group_size=8,
         workdir="runs/demo",
         seed=0,

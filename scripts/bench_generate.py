@@ -89,10 +89,11 @@ def torch_runner(gguf, batch: int, new_tokens: int, sampling: bool):
     return run
 
 
-def timed(run, repeats: int) -> tuple[float, float]:
+def timed(run, repeats: int, warm_up: bool = True) -> tuple[float, float]:
     """(warm-up seconds, median tokens/s over the timed repeats)."""
     start = time.perf_counter()
-    run()
+    if warm_up:
+        run()
     warmup = time.perf_counter() - start
     rates = []
     for _ in range(repeats):
@@ -125,16 +126,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell (median)")
     parser.add_argument("--pool-rows", type=int, default=600, help="0 skips the pool timing")
     parser.add_argument("--skip-peer", action="store_true", help="no transformers comparison")
+    parser.add_argument("--threads", type=int, default=0, help="1: both sides single-threaded "
+                        "(steadier on a shared machine); 0: library defaults")
     args = parser.parse_args()
+    if args.threads == 1:
+        # one thread each: on a shared, oversubscribed machine multi-threaded eager PyTorch
+        # stalls at every barrier, which measures the neighbours, not the library
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false")
+        import torch
+
+        torch.set_num_threads(1)
 
     from jaxdiv import assets
 
     gguf = assets.resolve("smollm2-135m-instruct") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}; jax f32 matmul {matmul_gflops():.0f} GFLOP/s", flush=True)
+          f"load average {os.getloadavg()[0]:.1f}; threads: {args.threads or 'default'}; "
+          f"jax f32 matmul {matmul_gflops():.0f} GFLOP/s", flush=True)
     print(f"{'batch':>5} {'mode':>8} {'jaxdiv tok/s':>13} {'transformers':>13} {'ratio':>6} "
           f"{'jax compile+1st s':>18}", flush=True)
     for batch in (int(b) for b in args.batches.split(",")):
@@ -142,7 +154,9 @@ def main() -> None:
             warmup, ours = timed(jax_runner(gguf, batch, args.new_tokens, sampling), args.repeats)
             peer = float("nan")
             if not args.skip_peer:
-                _, peer = timed(torch_runner(gguf, batch, args.new_tokens, sampling), args.repeats)
+                # eager PyTorch compiles nothing: its first run is already a timed one
+                _, peer = timed(torch_runner(gguf, batch, args.new_tokens, sampling), args.repeats,
+                                warm_up=False)
             print(f"{batch:>5} {'sample' if sampling else 'greedy':>8} {ours:>13.1f} {peer:>13.1f} "
                   f"{ours / peer:>6.2f} {warmup:>18.1f}", flush=True)
     if args.pool_rows:

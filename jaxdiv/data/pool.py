@@ -192,11 +192,12 @@ class Pool:
         return {"rows": len(self._rows), "accepted": accepted, "rejected": len(self._rows) - accepted}
 
     def reasons(self) -> dict[str, int]:
-        """Rejection reasons with their counts ('duplicate of X' counted as 'duplicate')."""
+        """Rejection reasons with their counts, details dropped ('duplicate of X' -> 'duplicate',
+        'too long (41 words > 30)' -> 'too long')."""
         out: dict[str, int] = {}
         for row in self._rows:
             if row["status"] == REJECTED:
-                reason = row["reason"].split(" of ")[0] if row["reason"].startswith("duplicate") else row["reason"]
+                reason = re.sub(r"\s*\(.*\)$", "", row["reason"].split(" of ")[0].split(":")[0])
                 out[reason] = out.get(reason, 0) + 1
         return out
 

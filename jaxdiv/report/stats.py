@@ -37,7 +37,7 @@ def linear_trend(x, y) -> dict[str, float]:
     y = np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if x.size < 3 or np.ptp(x) == 0:
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"slope": math.nan, "intercept": math.nan, "pearson": math.nan, "spearman": math.nan,
                 "n": int(x.size)}
     slope, intercept = np.polyfit(x, y, 1)

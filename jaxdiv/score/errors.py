@@ -7,9 +7,5 @@ class ScoreError(JaxdivError, ValueError):
     """Something to be scored is malformed; the message names the file, column or row."""
 
 
-class PoolError(ScoreError):
-    """A pool cannot be read or scored; the message names the file, column or row."""
-
-
 class EmbeddingError(ScoreError):
     """An embedding matrix cannot be scored; the message names the row."""

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from jaxdiv.data.pool import ACCEPTED, POOL_FILE, Pool
-from jaxdiv.score.errors import PoolError
+from jaxdiv.data.pool import ACCEPTED, POOL_FILE, Pool, PoolError
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.score.diversity import check_embeddings, embedding_diversity
 from jaxdiv.score.embed import Embedder
 from jaxdiv.score.lexical import lexical_metrics, self_bleu_rows
-from jaxdiv.score.errors import PoolError
+from jaxdiv.score.errors import ScoreError
 from jaxdiv.score.quality import exact_duplicate_rate, predict, train_probe
 from jaxdiv.score.shift import median_bandwidth, shift_metrics
 from jaxdiv.sharding import make_mesh
@@ -37,7 +37,7 @@ def label_ids(labels: Sequence[str], label_names: Sequence[str], source: str = "
         elif label.isdigit() and int(label) < len(label_names):
             out[row] = int(label)
         else:
-            raise PoolError(f"{source}: row {row} has label {label!r}, not one of {list(label_names)}")
+            raise ScoreError(f"{source}: row {row} has label {label!r}, not one of {list(label_names)}")
     return out
 
 
@@ -49,7 +49,7 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
     texts = list(texts)
     n = len(texts)
     if n < 2:
-        raise PoolError(f"a pool needs at least 2 scorable texts to measure diversity, got {n}")
+        raise ScoreError(f"a pool needs at least 2 scorable texts to measure diversity, got {n}")
     embedder = embedder or Embedder(cfg.embedder, cfg.mesh)
     x = embedder.embed(texts, progress=progress) if embeddings is None else np.asarray(embeddings, np.float32)
     check_embeddings(x, "pool embeddings")  # once here; the half-samples reuse checked rows

@@ -65,6 +65,13 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     for index, run in enumerate(runs):
         texts, labels, names = data_lib.read_rows(run.train_rows, names, what=f"run {index} train rows")
         encoded.append(data_lib.encode_rows(tokenizer, texts, labels, cfg.model.max_length))
+    mesh = make_mesh(cfg.mesh)
+    num_runs = len(runs)
+    if num_runs % mesh.shape["data"] and optim.batch_size % mesh.shape["data"]:
+        # Neither the run axis nor the batch divides over `data`: fill the run axis with
+        # copies of the last run that never step (0 total steps); their results are dropped.
+        padding = -num_runs % mesh.shape["data"]
+        runs, encoded = list(runs) + [runs[-1]] * padding, encoded + [encoded[-1]] * padding
     evals = {}
     for split, rows in (eval_splits or {}).items():
         texts, labels, _ = data_lib.read_rows(rows, names, what=f"{split} rows")
@@ -72,7 +79,8 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
 
     specs = [build_model(cfg.model, len(names), run.seed) for run in runs]
     spec = specs[0]
-    steps = np.array([total_steps(optim, len(rows)) for rows in encoded], np.int32)
+    steps = np.array([total_steps(optim, len(rows)) if index < num_runs else 0
+                      for index, rows in enumerate(encoded)], np.int32)
     learning_rates = np.array([run.learning_rate or optim.learning_rate for run in runs], np.float32)
     seeds = np.array([run.seed for run in runs], np.uint32)
     # Frozen params that every run shares (a pretrained encoder) are kept once, without a run
@@ -84,7 +92,6 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     trainable_init = {k: np.stack([s.initial[k] for s in specs]) for k in sorted(spec.trainable_keys)}
     frozen_init = {k: spec.initial[k] if shared else np.stack([s.initial[k] for s in specs]) for k in frozen_keys}
 
-    mesh = make_mesh(cfg.mesh)
     # The run axis is sharded over `data` when it divides evenly, else runs are replicated
     # (and the batch inside each run takes the data axis instead).
     rules = DEFAULT_RULES if len(runs) % mesh.shape["data"] == 0 else tuple(
@@ -130,7 +137,7 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
                         in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
-    bar = tqdm(total=int(steps.max()), initial=start, desc=f"train x{len(runs)}", unit="step",
+    bar = tqdm(total=int(steps.max()), initial=start, desc=f"train x{num_runs}", unit="step",
                dynamic_ncols=True, disable=not cfg.log.progress or jax.process_index() != 0)
     for step in range(start, int(steps.max())):
         # A finished run's batch is never used (its state is masked): row 0 stands in.
@@ -154,7 +161,7 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
 
     results = [{"name": run.name or f"run{index}", "seed": run.seed, "learning_rate": float(learning_rates[index]),
                 "steps": int(steps[index]), "num_rows": len(encoded[index]), "eval": {}}
-               for index, run in enumerate(runs)]
+               for index, run in enumerate(runs[:num_runs])]
     for split, rows in evals.items():
         losses, predictions = [], []
         for batch in data_lib.eval_batches(rows, optim.eval_batch_size):

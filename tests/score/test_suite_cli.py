@@ -11,7 +11,7 @@ from jaxdiv.cli import main
 from jaxdiv.score.config import DiversityConfig, EmbedderConfig
 from jaxdiv.score.diversity import embedding_diversity
 from jaxdiv.score.embed import Embedder
-from jaxdiv.score.errors import PoolError
+from jaxdiv.data.pool import PoolError
 from jaxdiv.score.pool_reader import read_pool
 
 

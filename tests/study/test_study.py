@@ -115,6 +115,7 @@ def test_rerun_is_cached_and_a_changed_parameter_recomputes_only_what_depends_on
     assert cached_seconds < 60
 
 
+@pytest.mark.slow  # a third full study in a subprocess (~2 min on an idle 2-core CPU)
 def test_killed_study_resumes_to_the_same_results(study, tmp_path, topics_file):
     cfg, workdir, _ = study
     resumed = tmp_path / "resumed"

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from jaxdiv.sharding import MeshConfig
 from jaxdiv.train.loop import train_classifier
 from jaxdiv.train.runs import RunSpec, train_classifier_runs
 
@@ -50,3 +51,17 @@ def test_runs_sharing_a_frozen_encoder_hold_it_once(trec_rows, tmp_path):
     for key, value in alone["params"].items():
         np.testing.assert_allclose(results[1]["params"][key], value, atol=1e-5, err_msg=key)
     assert results[1]["eval"]["test"]["loss"] == pytest.approx(alone["eval"]["test"]["loss"], abs=1e-5)
+
+
+def test_runs_that_fit_neither_axis_are_padded(trec_rows, tmp_path):
+    """3 runs of batch 4 on data=8: neither divides, so the run axis is filled with masked
+    copies; the results are the 3 runs', and each still equals its run alone."""
+    train, evals, names = trec_rows
+    cfg = tiny_config("optim.steps=2", "optim.batch_size=4", "mesh.data=8")
+    runs = [RunSpec(train.select(range(30)), seed=seed) for seed in (0, 1, 2)]
+    results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs", label_names=names)
+    assert [r["seed"] for r in results] == [0, 1, 2] and all(r["steps"] == 2 for r in results)
+    alone_cfg = dataclasses.replace(cfg, seed=2, mesh=MeshConfig(data=4, tensor=2))  # batch 4 fits
+    alone = train_classifier(alone_cfg, runs[2].train_rows, evals, tmp_path / "alone", label_names=names)
+    for key, value in alone["params"].items():
+        np.testing.assert_allclose(results[2]["params"][key], value, atol=1e-5, err_msg=key)
