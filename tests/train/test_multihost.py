@@ -26,7 +26,6 @@ def _records(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # three training processes at once: ~1-1.5 min on 2 cores
 def test_two_processes_match_one(tmp_path, compilation_cache):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
