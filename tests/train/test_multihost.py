@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from tests.train.conftest import ROOT, TINY, subprocess_env
 
