@@ -21,6 +21,10 @@ from jaxdiv.errors import JaxdivError
 # The measured quantities plotted against accuracy, first match wins.
 DIVERSITY_COLUMNS = ("data_vendi_q1", "data_dcscore", "data_mean_cosine_distance")
 SHIFT_COLUMNS = ("data_mmd2", "data_frechet_distance")
+# The pools table in the report: the headline metric of each family (every metric is in pools.csv).
+POOL_COLUMNS = ("level", "rows", "accepted", "vendi_q1", "vendi_q1_ci", "dcscore", "dcscore_ci",
+                "mean_cosine_distance", "distinct_2", "self_bleu", "compression_ratio", "mmd2", "mmd2_ci",
+                "frechet_distance", "label_fidelity", "parse_failure_share", "length_tokens_mean")
 
 
 class ReportError(JaxdivError, ValueError):
@@ -143,7 +147,9 @@ def write_report(study_dir: str | Path, metric: str = "accuracy") -> Path:
     pools_path = study_dir / "pools.parquet"
     if pools_path.is_file():
         pools = pd.read_parquet(pools_path)
-        sections.append(("Generated pools", markdown_table(pools), None))
+        headline = pools[[c for c in POOL_COLUMNS if c in pools.columns]]
+        sections.append(("Generated pools", markdown_table(headline) + "\n\nEvery metric of every pool, "
+                         "with per-label shift: `pools.csv`.", None))
     seeds = frame["seed"].nunique()
     header = (f"# Study report: {study_dir.name}\n\n{len(frame)} trained cells "
               f"({frame['level'].nunique()} levels × {frame['proportion'].nunique()} proportions × "
