@@ -288,7 +288,7 @@ def render(info: dict, rows: list[Row], failures: dict[str, str], args, rates: l
         "## Machine",
         "",
         f"- {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; JAX devices: {info['devices']}",
-        f"- measured f32 matmul rate (2048³, jax, `precision=HIGHEST`): "
+        "- measured f32 matmul rate (2048³, jax, `precision=HIGHEST`): "
         + ", ".join(f"{r:.0f}" for r in rates) + " GFLOP/s (start, end); the shares below use the start figure",
         f"- load average at the start {info['load_average_start']}, at the end {os.getloadavg()[0]:.1f}"
         " (the machine is shared; ratios from the same run are the meaningful figures)",

@@ -21,7 +21,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def median_time(fn, repeats: int, warmup: int = 2) -> float:

@@ -30,7 +30,6 @@ import datasets
 
 from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
-from jaxdiv.errors import JaxdivError
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"

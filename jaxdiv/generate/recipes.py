@@ -26,7 +26,7 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,7 +14,6 @@ regenerated alone.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Sequence
 
@@ -27,7 +26,6 @@ from jaxdiv import sharding as shd
 from jaxdiv.errors import JaxdivError
 from jaxdiv.models.llama import KVCache, Llama, positions_from_mask
 from jaxdiv.models.tokenizer import ChatTokenizer
-from jaxdiv.errors import JaxdivError
 
 
 class GenerationError(JaxdivError, ValueError):

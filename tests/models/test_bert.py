@@ -6,7 +6,6 @@ outputs for the same inputs (written by `_reference`), checked in every default 
 
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -3,9 +3,7 @@ and the same losses on every mesh shape with the params sharded as configured.""
 
 import json
 
-import jax
 import numpy as np
-import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxdiv.sharding import MeshConfig, make_mesh
