@@ -67,14 +67,16 @@ class Embedder:
         self._forward = forward
         root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else assets.cache_dir() / "embeddings"
         self.cache_dir = root / f"{self.model_hash}-L{cfg.max_length}"
+        self._cache: dict[str, np.ndarray] | None = None  # read from disk once, then kept current
 
     # -- cache ---------------------------------------------------------------------------
     def _load_cache(self) -> dict[str, np.ndarray]:
-        cached: dict[str, np.ndarray] = {}
-        for shard in sorted(self.cache_dir.glob("*.npz")) if self.cache_dir.is_dir() else ():
-            with np.load(shard) as data:
-                cached.update(zip(data["hashes"].tolist(), data["vectors"]))
-        return cached
+        if self._cache is None:
+            self._cache = {}
+            for shard in sorted(self.cache_dir.glob("*.npz")) if self.cache_dir.is_dir() else ():
+                with np.load(shard) as data:
+                    self._cache.update(zip(data["hashes"].tolist(), data["vectors"]))
+        return self._cache
 
     def _save_shard(self, hashes: list[str], vectors: np.ndarray) -> None:
         name = hashlib.sha1("".join(hashes).encode()).hexdigest()[:20]
@@ -96,7 +98,7 @@ class Embedder:
     def embed(self, texts: Sequence[str], *, progress: bool = True, use_cache: bool = True) -> np.ndarray:
         """(len(texts), dim) float32 embeddings; cached texts are not embedded again."""
         hashes = [text_hash(t) for t in texts]
-        cached = self._load_cache() if use_cache else {}
+        cached = self._load_cache() if use_cache else {}  # the live in-memory cache when used
         todo = sorted({h: i for i, h in enumerate(hashes) if h not in cached}.values())
         if todo:
             lengths = [len(e.ids) for e in self.tokenizer.encode_batch([texts[i] for i in todo])]

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -120,11 +121,11 @@ def metric_columns(report: dict, prefix: str) -> dict[str, float]:
     return {f"{prefix}{entry['metric']}": entry["value"] for entry in report["metrics"]}
 
 
-def pool_table(cfg: StudyConfig, task: Task, pools: dict[int, tuple[Pool, str]], scorer: Scorer,
-               progress: bool) -> pd.DataFrame:
+def pool_table(cfg: StudyConfig, task: Task, pools: dict[int, tuple[Pool, str]],
+               accepted_rows: dict[int, datasets.Dataset], scorer: Scorer, progress: bool) -> pd.DataFrame:
     rows = []
     for level, (pool, key) in tqdm(pools.items(), desc="score pools", unit="pool", disable=not progress):
-        accepted = pool.accepted()
+        accepted = accepted_rows[level]
         counts = pool.counts()
         names = [task.label_names[i] for i in accepted["label"]]
         report = scorer.score(accepted["text"], names, bootstrap=cfg.score.bootstrap.samples,
@@ -164,7 +165,7 @@ def plan_cells(cfg: StudyConfig, pools: dict[int, tuple[Pool, str]]) -> list[Pla
     return planned
 
 
-def train_cells(cfg: StudyConfig, task: Task, pools: dict[int, tuple[Pool, str]], planned: list[PlannedCell],
+def train_cells(cfg: StudyConfig, task: Task, accepted: dict[int, datasets.Dataset], planned: list[PlannedCell],
                 scorer: Scorer, workdir: Path, progress: bool) -> dict[str, dict]:
     """{cell key: result}. Finished cells are read back; the rest are mixed, scored, and trained
     in vmapped groups of at most `train_group_size` that share shapes."""
@@ -173,7 +174,6 @@ def train_cells(cfg: StudyConfig, task: Task, pools: dict[int, tuple[Pool, str]]
     cells_dir = workdir / "cells"
     results: dict[str, dict] = {}
     todo: dict[str, tuple[PlannedCell, Mixture, dict]] = {}
-    accepted = {level: pool.accepted() for level, (pool, _) in pools.items()}
     for item in tqdm(planned, desc="mix + score cells", unit="cell", disable=not progress):
         if item.key in results or item.key in todo:
             continue  # a real-only cell shared by several levels
@@ -256,11 +256,12 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     timed("generate", started)
     started = time.perf_counter()
     scorer = Scorer(cfg, task, workdir)
-    write_table(pool_table(cfg, task, pools, scorer, progress), workdir / POOLS_FILE)
+    accepted = {level: pool.accepted() for level, (pool, _) in pools.items()}  # read each pool once
+    write_table(pool_table(cfg, task, pools, accepted, scorer, progress), workdir / POOLS_FILE)
     timed("score pools", started)
     started = time.perf_counter()
     planned = plan_cells(cfg, pools)
-    results = train_cells(cfg, task, pools, planned, scorer, workdir, progress)
+    results = train_cells(cfg, task, accepted, planned, scorer, workdir, progress)
     write_table(results_table(cfg, task, planned, results), workdir / RESULT_FILE)
     timed("mix, score and train cells", started)
     started = time.perf_counter()
