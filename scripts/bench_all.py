@@ -161,12 +161,12 @@ def suite_rows(sizes: dict, rate: float) -> list[Row]:
 def embed_rows(sizes: dict, rate: float) -> list[Row]:
     from jaxdiv import assets
     from jaxdiv.models.bert import BertConfig
-    from jaxdiv.train.metrics import bert_train_flops
+    from jaxdiv.train.metrics import bert_layers_flops
 
     minilm = assets.resolve("minilm-l6-v2")
     result = bench_score.bench_embed(sizes["embed_texts"], sizes["repeats"], minilm)
-    # Forward FLOPs of one 64-token text: a full train step is forward + 2 x forward.
-    flops = bert_train_flops(BertConfig.from_json(minilm), 0, 1, 64) / 3
+    config = BertConfig.from_json(minilm)
+    flops = bert_layers_flops(config, 64, config.num_hidden_layers)  # one 64-token text
     return [Row("embedder (MiniLM, mean pool + L2)", f"{sizes['embed_texts']} texts × 64 tokens, batch 128",
                 f"sentence-transformers ({result['torch_threads']} torch threads)",
                 f"{result['jaxdiv_sent_s']:.0f} sent/s", f"{result['peer_sent_s']:.0f} sent/s",

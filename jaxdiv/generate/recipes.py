@@ -38,8 +38,11 @@ from jaxdiv.generate.config import RecipeConfig, SamplingConfig
 from jaxdiv.generate.sampler import Completion, GenerationError, Request, SamplingParams
 from jaxdiv.io import atomic_write_text
 
-TOPICS_VERSION = 1
+TOPICS_VERSION = 2
 TOPIC_ROW_OFFSET = 1 << 30  # topic prompts' row ids: apart from any pool row's
+# One round of topic prompts fills a generation batch: a prompt yields about 3 new topics, and
+# prompt k's topics do not depend on which round (batch) asks it.
+TOPIC_PROMPTS_PER_ROUND = 32
 SYSTEM = "You write realistic examples for training a text classifier. Reply with the example only."
 
 
@@ -112,7 +115,9 @@ def _clean_line(line: str) -> str:
 def _parse_topics(text: str) -> list[str]:
     topics = []
     for line in text.splitlines():
-        topic = _clean_line(line).rstrip(".:;,")
+        if line.rstrip().endswith(":"):  # a header ("Here are some topics:"), not a topic
+            continue
+        topic = _clean_line(line).rstrip(".;,")
         if topic and 1 <= len(topic.split()) <= 6 and re.search(r"[A-Za-z]", topic):
             topics.append(topic)
     return topics
@@ -172,7 +177,7 @@ class TopicList:
                 raise GenerationError(f"topic generation for {self.task} stalled at {len(self.topics)} "
                                    f"topics (the generator returns no new parseable topics)")
             requests = []
-            for _ in range(max(1, min(16, (count - len(self.topics)) // 5))):
+            for _ in range(min(TOPIC_PROMPTS_PER_ROUND, -(-(count - len(self.topics)) // 3))):
                 prompt = self.prompts_used
                 area = TOPIC_AREAS[prompt % len(TOPIC_AREAS)]
                 message = (f"List 10 different, specific topics that a {self.brief.unit} could be "

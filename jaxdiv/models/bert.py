@@ -118,20 +118,24 @@ class BertLayer(nnx.Module):
         self.output = _dense(rngs, m, h, ("mlp", "embed"), dtype)
         self.output_norm = _layer_norm(rngs, cfg, dtype)
 
-    def __call__(self, x: jax.Array, attention_bias: jax.Array, dropout_key: jax.Array | None = None
-                 ) -> jax.Array:
+    def __call__(self, x: jax.Array, attention_bias: jax.Array, dropout_key: jax.Array | None = None,
+                 *, cls_only: bool = False) -> jax.Array:
+        """`cls_only`: return only position 0 (batch, 1, hidden). Every position still serves as a
+        key and value, but only the [CLS] query, its attention output and its MLP are computed:
+        exactly what a classifier's last layer needs, at a fraction of the cost."""
         cfg = self.cfg
         keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
-        batch, length, _ = x.shape
-        split = lambda t: t.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        batch = x.shape[0]
+        queries = x[:, :1] if cls_only else x
+        split = lambda t: t.reshape(batch, t.shape[1], cfg.num_attention_heads, cfg.head_dim)
+        q, k, v = split(self.query(queries)), split(self.key(x)), split(self.value(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.head_dim).astype(q.dtype)
         # Softmax in f32 whatever the compute dtype: bf16 logits lose the small differences.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1)
         probs = _dropout(probs, cfg.attention_probs_dropout_prob, keys[0]).astype(v.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, cfg.hidden_size)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(queries.shape)
         attended = _dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])
-        x = self.attention_norm(x + attended)
+        x = self.attention_norm(queries + attended)
         hidden = jax.nn.gelu(self.intermediate(x), approximate=False)
         out = _dropout(self.output(hidden), cfg.hidden_dropout_prob, keys[2])
         return self.output_norm(x + out)
@@ -152,32 +156,40 @@ class BertEncoder(nnx.Module):
         self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs)
                                 for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-                 token_type_ids: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
-                 frozen_layers: int = 0) -> jax.Array:
-        """`frozen_layers` > 0 stops gradients below the top of that many bottom layers (and the
-        embeddings), so the backward pass skips them; the optimizer must leave them unchanged too
-        (see `BertClassifier.trainable`)."""
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None,
+              dropout_key: jax.Array | None = None) -> jax.Array:
+        """Word + position + token-type embeddings, LayerNorm and dropout: (batch, length, hidden)."""
         length = input_ids.shape[1]
         if length > self.cfg.max_position_embeddings:
             raise WeightsError(f"sequence length {length} exceeds max_position_embeddings "
                                f"{self.cfg.max_position_embeddings}")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        keys = ([None] * (len(self.layers) + 1) if dropout_key is None
-                else list(jax.random.split(dropout_key, len(self.layers) + 1)))
         x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
              + self.token_type_embeddings(token_type_ids))
-        x = _dropout(self.embeddings_norm(x), self.cfg.hidden_dropout_prob, keys[0])
+        return _dropout(self.embeddings_norm(x), self.cfg.hidden_dropout_prob, dropout_key)
+
+    def run_layers(self, x: jax.Array, attention_mask: jax.Array, *, start: int = 0,
+                   stop: int | None = None, dropout_key: jax.Array | None = None,
+                   cls_only: bool = False) -> jax.Array:
+        """Layers [start, stop) on hidden states x; `cls_only`: the last of them keeps only
+        position 0. Layer i always draws its dropout from split(dropout_key)[i]."""
+        stop = len(self.layers) if stop is None else stop
+        keys = ([None] * len(self.layers) if dropout_key is None
+                else list(jax.random.split(dropout_key, len(self.layers))))
         # Additive mask over keys: padded positions get the most negative f32.
         bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        for index, layer in enumerate(self.layers):
-            if frozen_layers and index == frozen_layers:
-                x = jax.lax.stop_gradient(x)
-            x = layer(x, bias, keys[index + 1])
-        if frozen_layers and frozen_layers == len(self.layers):
-            x = jax.lax.stop_gradient(x)
+        for index in range(start, stop):
+            x = self.layers[index](x, bias, keys[index], cls_only=cls_only and index == stop - 1)
         return x
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 token_type_ids: jax.Array | None = None, *, dropout_key: jax.Array | None = None
+                 ) -> jax.Array:
+        """The last hidden states (batch, length, hidden)."""
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        return self.run_layers(self.embed(input_ids, token_type_ids, keys[0]), attention_mask,
+                               dropout_key=keys[1])
 
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -200,9 +212,11 @@ def sentence_embeddings(encoder: BertEncoder, input_ids: jax.Array, attention_ma
 class BertClassifier(nnx.Module):
     """`BertForSequenceClassification`: encoder, tanh pooler on [CLS], dropout, linear head.
 
-    `frozen_layers` = N freezes the embeddings and the bottom N encoder layers: gradients stop
-    below layer N and `trainable` excludes those params, so an optimizer masked with it leaves
-    them unchanged (no weight decay drift either).
+    `frozen_layers` = N freezes the embeddings and the bottom N encoder layers: they run as a
+    fixed feature extractor (no dropout, no gradient), and `trainable` excludes their params,
+    so an optimizer masked with it leaves them unchanged (no weight decay drift either).
+    Their output (`frozen_features`) depends on the tokens alone, so the ablation engine
+    computes it once per row and reuses it across runs and steps (`classify_features`).
     """
 
     def __init__(self, cfg: BertConfig, num_labels: int, *, frozen_layers: int = 0,
@@ -216,15 +230,35 @@ class BertClassifier(nnx.Module):
         self.pooler = _dense(rngs, cfg.hidden_size, cfg.hidden_size, ("embed", None), dtype)
         self.classifier = _dense(rngs, cfg.hidden_size, num_labels, ("embed", None), dtype)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-                 token_type_ids: jax.Array | None = None, *, dropout_key: jax.Array | None = None
-                 ) -> jax.Array:
+    def frozen_features(self, input_ids: jax.Array, attention_mask: jax.Array,
+                        token_type_ids: jax.Array | None = None) -> jax.Array:
+        """The frozen part's output (embeddings and the bottom `frozen_layers` layers), without
+        dropout or gradient: (batch, length, hidden)."""
+        x = self.encoder.embed(input_ids, token_type_ids)
+        return jax.lax.stop_gradient(self.encoder.run_layers(x, attention_mask, stop=self.frozen_layers))
+
+    def classify_features(self, features: jax.Array, attention_mask: jax.Array, *,
+                          dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits from the frozen part's output (the embeddings' when nothing is frozen). Only
+        the [CLS] row of the last layer is computed: the pooler reads nothing else."""
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids, dropout_key=keys[0],
-                              frozen_layers=self.frozen_layers)
+        hidden = self.encoder.run_layers(features, attention_mask, start=self.frozen_layers,
+                                         dropout_key=keys[0], cls_only=True)
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))
         pooled = _dropout(pooled, self.cfg.hidden_dropout_prob, keys[1])
         return self.classifier(pooled).astype(jnp.float32)
+
+    def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array,
+                 token_type_ids: jax.Array | None = None, *, dropout_key: jax.Array | None = None,
+                 features: jax.Array | None = None) -> jax.Array:
+        """Logits (batch, num_labels). `features`: the frozen part's output, precomputed (then
+        `input_ids` is not read)."""
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        if features is None and self.frozen_layers:
+            features = self.frozen_features(input_ids, attention_mask, token_type_ids)
+        elif features is None:
+            features = self.encoder.embed(input_ids, token_type_ids, keys[0])
+        return self.classify_features(features, attention_mask, dropout_key=keys[1])
 
     def trainable(self, path: Sequence[Any]) -> bool:
         """Whether the parameter at this state path is trained (False below the frozen layers)."""

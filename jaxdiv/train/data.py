@@ -110,6 +110,14 @@ def encode_rows(tokenizer, texts: Sequence[str], labels: Sequence[int], max_leng
     return EncodedRows(tokens["input_ids"], tokens["attention_mask"], np.asarray(labels, np.int32))
 
 
+def trim_padding(rows: Sequence[EncodedRows], multiple: int = 8) -> list[EncodedRows]:
+    """The rows cut to their longest example (rounded up to `multiple`, never past the encoded
+    length): padding columns no example uses only add work, and logits do not depend on them."""
+    longest = max(int(r.attention_mask.sum(1).max(initial=1)) for r in rows)
+    width = min(-(-longest // multiple) * multiple, rows[0].input_ids.shape[1])
+    return [EncodedRows(r.input_ids[:, :width], r.attention_mask[:, :width], r.labels) for r in rows]
+
+
 @functools.lru_cache(maxsize=8)
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)

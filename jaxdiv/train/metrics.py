@@ -29,18 +29,29 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, losses: 
             "macro_f1": float(np.mean(f1s))}
 
 
+def bert_layers_flops(cfg: BertConfig, length: int, layers: int, *, cls_only: bool = False) -> float:
+    """Matmul FLOPs per example of a forward through `layers` encoder layers (projections,
+    QK^T and PV). `cls_only`: the last of them computes only the [CLS] row, its keys and
+    values still covering every token."""
+    if layers == 0:
+        return 0.0
+    h, m = cfg.hidden_size, cfg.intermediate_size
+    per_token = 2 * (4 * h * h + 2 * h * m) + 2 * 2 * length * h
+    last = length * 2 * (2 * h * h) + per_token - 2 * (2 * h * h) if cls_only else length * per_token
+    return float(length * per_token * (layers - 1) + last)
+
+
 def bert_train_flops(cfg: BertConfig, num_labels: int, batch: int, length: int, frozen_layers: int = 0
                      ) -> float:
-    """Matmul FLOPs of one classifier train step: forward through everything, backward (2x the
-    forward) through the trained layers, pooler and head only. Embedding gathers, softmax and
-    norms are not counted (they are a few percent)."""
-    h, m = cfg.hidden_size, cfg.intermediate_size
-    per_token_layer = 2 * (4 * h * h + 2 * h * m) + 2 * 2 * length * h  # projections + QK^T, PV
-    layers = cfg.num_hidden_layers
+    """Matmul FLOPs of one classifier train step as executed: forward through everything,
+    backward (2x the forward) through the trained layers, pooler and head only (the last layer
+    computes the [CLS] row only). Embedding gathers, softmax and norms are not counted (they
+    are a few percent)."""
+    layers, h = cfg.num_hidden_layers, cfg.hidden_size
     head = 2 * (h * h + h * num_labels)  # per example
-    forward = batch * (length * per_token_layer * layers + head)
-    backward = 2 * batch * (length * per_token_layer * (layers - frozen_layers) + head)
-    return float(forward + backward)
+    forward = bert_layers_flops(cfg, length, layers, cls_only=True) + head
+    backward = 2 * (bert_layers_flops(cfg, length, layers - frozen_layers, cls_only=True) + head)
+    return float(batch * (forward + backward))
 
 
 # Dense peak FLOP/s per chip at bf16 (vendor figures), for MFU. CPUs have no entry: there the

@@ -8,6 +8,10 @@ smaller has fewer steps: its state stops changing once `step == total_steps` (a 
 step mask; its batches are not padded). Each run computes exactly what `train_classifier`
 computes for it alone (same init, data order, dropout keys and schedule).
 
+With frozen bottom layers shared by all runs, their output depends on the tokens alone: it
+is computed once per distinct row (a feature table on device) and each step gathers its
+batch from the table, so steps run only the trained layers.
+
     results = train_classifier_runs(cfg, [RunSpec(rows_a, seed=0), RunSpec(rows_b, seed=1,
                                     learning_rate=1e-4)], {"test": test_rows}, workdir)
 """
@@ -49,6 +53,25 @@ class RunSpec:
     name: str = ""
 
 
+def frozen_feature_table(spec, encoded: Sequence[data_lib.EncodedRows], batch_size: int
+                         ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The frozen part's output for every distinct (ids, mask) row of all runs, and per run the
+    table row of each of its examples."""
+    tokens = np.concatenate([np.concatenate([e.input_ids, e.attention_mask], 1) for e in encoded])
+    distinct, inverse = np.unique(tokens, axis=0, return_inverse=True)
+    width = encoded[0].input_ids.shape[1]
+    ids, mask = distinct[:, :width], distinct[:, width:]
+    features_of = jax.jit(lambda params, i, m: spec.apply(params).frozen_features(i, m))
+    params = jax.device_put(spec.initial)
+    chunks = []
+    for start in range(0, len(ids), batch_size):
+        index = np.arange(start, start + batch_size) % len(ids)  # a fixed shape: one compile
+        chunks.append(np.asarray(features_of(params, ids[index], mask[index]))[: len(ids) - start])
+    offsets = np.cumsum([0] + [len(e) for e in encoded])
+    rows = [inverse.reshape(-1)[offsets[i]:offsets[i + 1]].astype(np.int32) for i in range(len(encoded))]
+    return {"features": np.concatenate(chunks), "attention_mask": mask}, rows
+
+
 def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
                           eval_splits: Mapping[str, Any] | None = None, workdir: str | Path | None = None,
                           *, label_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -76,6 +99,8 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     for split, rows in (eval_splits or {}).items():
         texts, labels, _ = data_lib.read_rows(rows, names, what=f"{split} rows")
         evals[split] = data_lib.encode_rows(tokenizer, texts, labels, cfg.model.max_length)
+    trimmed = data_lib.trim_padding(encoded + list(evals.values()))
+    encoded, evals = trimmed[:len(encoded)], dict(zip(evals, trimmed[len(encoded):]))
 
     specs = [build_model(cfg.model, len(names), run.seed) for run in runs]
     spec = specs[0]
@@ -89,6 +114,8 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     shared = all(np.array_equal(s.initial[k], spec.initial[k]) for s in specs[1:] for k in frozen_keys)
     run_axes = {"trainable": 0, "frozen": None if shared else 0, "opt_state": 0, "step": 0, "rng": 0,
                 "learning_rate": 0, "total_steps": 0}
+    table, table_rows = (frozen_feature_table(spec, encoded, optim.eval_batch_size)
+                         if shared and cfg.model.frozen_layers else (None, None))
     trainable_init = {k: np.stack([s.initial[k] for s in specs]) for k in sorted(spec.trainable_keys)}
     frozen_init = {k: spec.initial[k] if shared else np.stack([s.initial[k] for s in specs]) for k in frozen_keys}
 
@@ -118,7 +145,10 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
 
     single_step = make_train_step(spec, tx, optim)
 
-    def masked_step(state, batch):
+    def masked_step(state, batch, table):
+        if table is not None:  # rows of the feature table -> the trained layers' inputs
+            batch = {"features": table["features"][batch["row"]],
+                     "attention_mask": table["attention_mask"][batch["row"]], "labels": batch["labels"]}
         new_state, metrics = single_step(state, batch)
         active = state["step"] < state["total_steps"]  # the per-run step mask
         masked = {name: value if name == "frozen" else
@@ -126,13 +156,17 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
                   for name, value in new_state.items()}
         return masked, metrics
 
-    batch_shardings = {k: named_sharding(mesh, ("runs", "batch") + (None,) * (k != "labels"), rules)
-                       for k in ("input_ids", "attention_mask", "labels")}
+    batch_keys = ("row", "labels") if table is not None else ("input_ids", "attention_mask", "labels")
+    batch_shardings = {k: named_sharding(mesh, ("runs", "batch") + (None,) * (k in ("input_ids", "attention_mask")),
+                                         rules) for k in batch_keys}
     metric_sharding = named_sharding(mesh, ("runs",), rules)
-    train_step = jax.jit(jax.vmap(masked_step, in_axes=(run_axes, 0), out_axes=(run_axes, 0)),
-                         in_shardings=(shardings, batch_shardings),
+    table_sharding = None if table is None else jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), table)
+    train_step = jax.jit(jax.vmap(masked_step, in_axes=(run_axes, 0, None), out_axes=(run_axes, 0)),
+                         in_shardings=(shardings, batch_shardings, table_sharding),
                          out_shardings=(shardings, metric_sharding), donate_argnums=0)
-    eval_shardings = {k: NamedSharding(mesh, PartitionSpec()) for k in batch_shardings}
+    if table is not None:
+        table = jax.device_put(table, table_sharding)
+    eval_shardings = {k: NamedSharding(mesh, PartitionSpec()) for k in ("input_ids", "attention_mask", "labels")}
     eval_step = jax.jit(jax.vmap(make_eval_step(spec), in_axes=(run_axes, None)),
                         in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()))
 
@@ -141,11 +175,16 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
                dynamic_ncols=True, disable=not cfg.log.progress or jax.process_index() != 0)
     for step in range(start, int(steps.max())):
         # A finished run's batch is never used (its state is masked): row 0 stands in.
-        host = [rows.take(data_lib.batch_indices(run.seed, step, optim.batch_size, len(rows))
-                          if step < total else np.zeros(optim.batch_size, np.int64))
-                for run, rows, total in zip(runs, encoded, steps)]
-        host_batch = {k: np.stack([h[k] for h in host]) for k in host[0]}
-        state, metrics = train_step(state, data_lib.global_batch(host_batch, batch_shardings))
+        indices = [data_lib.batch_indices(run.seed, step, optim.batch_size, len(rows))
+                   if step < total else np.zeros(optim.batch_size, np.int64)
+                   for run, rows, total in zip(runs, encoded, steps)]
+        if table is None:
+            host = [rows.take(index) for rows, index in zip(encoded, indices)]
+            host_batch = {k: np.stack([h[k] for h in host]) for k in batch_keys}
+        else:
+            host_batch = {"row": np.stack([rows[index] for rows, index in zip(table_rows, indices)]),
+                          "labels": np.stack([rows.labels[index] for rows, index in zip(encoded, indices)])}
+        state, metrics = train_step(state, data_lib.global_batch(host_batch, batch_shardings), table)
         bar.update(1)
         done = step + 1
         if done % cfg.log.every == 0 or done == steps.max():

@@ -16,7 +16,9 @@ State = dict[str, Any]
 
 
 def _logits(spec: ModelSpec, params: dict[str, jax.Array], batch: Batch, dropout_key=None) -> jax.Array:
-    return spec.apply(params)(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
+    # a batch carries token ids, or the frozen layers' precomputed output (see train.runs)
+    return spec.apply(params)(batch.get("input_ids"), batch["attention_mask"], dropout_key=dropout_key,
+                              features=batch.get("features"))
 
 
 def _microbatches(batch: Batch, accum: int, constrain: Callable[[jax.Array], jax.Array]) -> Batch:

@@ -8,7 +8,7 @@ import pytest
 from jaxdiv.configlib import ConfigError
 from jaxdiv.generate.backends import OpenAIBackend
 from jaxdiv.generate.config import OpenAIBackendConfig, RecipeConfig, SamplingConfig
-from jaxdiv.generate.recipes import Recipe, read_topics_file, row_seed
+from jaxdiv.generate.recipes import Recipe, _parse_topics, read_topics_file, row_seed
 from jaxdiv.generate.sampler import Completion
 
 # a real backend object; recipes planned from a topics file never call it
@@ -113,3 +113,9 @@ def test_topics_file_errors(tmp_path, trec_task):
     (tmp_path / "bad.jsonl").write_text('{"name": "a"}\n')
     with pytest.raises(ConfigError, match="bad.jsonl:1"):
         read_topics_file(tmp_path / "bad.jsonl")
+
+
+def test_topic_parsing_skips_headers_numbering_and_sentences():
+    text = ("Here are 10 specific topics:\n1. Ancient Rome\n- space exploration.\n"
+            "* \"Jazz music\"\nThese topics cover a wide range of interests and areas of knowledge.\n\n")
+    assert _parse_topics(text) == ["Ancient Rome", "space exploration", "Jazz music"]

@@ -6,6 +6,7 @@ outputs for the same inputs (written by `_reference`), checked in every default 
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -130,3 +131,24 @@ def test_bad_inputs_are_named(tmp_path, minilm_dir):
         bert.load_bert_encoder(tmp_path)
     with pytest.raises(bert.WeightsError, match="frozen_layers"):
         bert.BertClassifier(bert.BertConfig(num_hidden_layers=2), 2, frozen_layers=3, rngs=nnx.Rngs(0))
+
+
+def test_cls_only_last_layer_and_precomputed_features_give_the_same_logits():
+    """The classifier's shortcuts are exact: the last layer computing only the [CLS] row, and
+    logits from the frozen part's precomputed output, equal the plain full forward."""
+    cfg = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=16)
+    ids = jnp.arange(24).reshape(3, 8) % 50
+    mask = jnp.asarray(np.arange(8)[None] < np.array([[8], [5], [2]]), jnp.int32)
+    for frozen in (0, 2, 3):
+        model = bert.BertClassifier(cfg, 3, frozen_layers=frozen, rngs=nnx.Rngs(frozen))
+        full = model.encoder(ids, mask)
+        expected = model.classifier(jnp.tanh(model.pooler(full[:, 0])))
+        np.testing.assert_allclose(model(ids, mask), expected, atol=1e-6)
+        if frozen:
+            features = model.frozen_features(ids, mask)
+            np.testing.assert_allclose(model(None, mask, features=features), expected, atol=1e-6)
+            # the frozen part is a fixed feature extractor: no dropout there in training mode
+            key = jax.random.key(0)
+            np.testing.assert_allclose(model(ids, mask, dropout_key=key),
+                                       model(None, mask, features=features, dropout_key=key), atol=1e-6)

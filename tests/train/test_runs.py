@@ -53,14 +53,17 @@ def test_runs_sharing_a_frozen_encoder_hold_it_once(trec_rows, tmp_path):
     assert results[1]["eval"]["test"]["loss"] == pytest.approx(alone["eval"]["test"]["loss"], abs=1e-5)
 
 
-def test_runs_that_fit_neither_axis_are_padded(trec_rows, tmp_path):
+def test_runs_that_fit_neither_axis_are_padded_and_share_frozen_features(trec_rows, tmp_path):
     """3 runs of batch 4 on data=8: neither divides, so the run axis is filled with masked
-    copies; the results are the 3 runs', and each still equals its run alone."""
+    copies. The runs share one init, so their frozen layer's output comes from one feature
+    table. The results are the 3 runs', and each still equals its run alone."""
     train, evals, names = trec_rows
-    cfg = tiny_config("optim.steps=2", "optim.batch_size=4", "mesh.data=8")
-    runs = [RunSpec(train.select(range(30)), seed=seed) for seed in (0, 1, 2)]
+    cfg = tiny_config("optim.steps=2", "optim.batch_size=4", "mesh.data=8", "model.frozen_layers=1")
+    runs = [RunSpec(train.select(range(start, start + 30)), seed=2, name=str(start)) for start in (0, 20, 40)]
     results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs", label_names=names)
-    assert [r["seed"] for r in results] == [0, 1, 2] and all(r["steps"] == 2 for r in results)
+    assert [r["name"] for r in results] == ["0", "20", "40"] and all(r["steps"] == 2 for r in results)
+    frozen_key = "encoder/layers/0/query/kernel"
+    assert results[0]["params"][frozen_key] is results[2]["params"][frozen_key]  # one shared copy
     alone_cfg = dataclasses.replace(cfg, seed=2, mesh=MeshConfig(data=4, tensor=2))  # batch 4 fits
     alone = train_classifier(alone_cfg, runs[2].train_rows, evals, tmp_path / "alone", label_names=names)
     for key, value in alone["params"].items():
