@@ -23,7 +23,9 @@ def get_config() -> StudyConfig:
             # Topic sets grow with the level; the demo caps D6 at 100 LLM-written topics.
             recipe=RecipeConfig(name="topics", topic_counts=(1, 3, 8, 20, 40, 70, 100), few_shot=3),
             sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=32),
-            jax=JaxBackendConfig(batch_buckets=(32,), prompt_buckets=(160, 256)),  # prompts: ~100-150 tokens
+            # bf16 weights with f32 accumulation: XLA's CPU matmuls run bf16 at several times the
+            # f32 rate (AMX / AVX512-BF16). Prompts are ~100-150 tokens.
+            jax=JaxBackendConfig(batch_buckets=(8, 32), prompt_buckets=(160, 256), dtype="bfloat16"),
             chunk_rows=32,
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),

@@ -191,15 +191,16 @@ class JaxGenerator:
     def _decode_impl(self, state, cache, out, done, key_mask, prompt_lengths, max_new, seeds,
                      row_ids, temperature, top_p, min_p, start_step, *, prompt_bucket, num_steps,
                      top_k, use_top_p):
-        """Run `num_steps` decode steps from `start_step`; out[:, t] holds token t (pad when done).
+        """Run up to `num_steps` decode steps from `start_step`, fewer once every row is done;
+        out[:, t] holds token t (pad when done).
 
         Token t (already in `out`) is fed at slot prompt_bucket + t, giving the logits of token
         t + 1; `out` has one column more than the decode slots, for the last step's token.
         """
         model = nnx.merge(self.graphdef, state)
 
-        def step(i, carry):
-            cache, out, done = carry
+        def step(carry):
+            i, cache, out, done = carry
             t = start_step + i
             token = jax.lax.dynamic_slice_in_dim(out, t, 1, axis=1)
             positions = (prompt_lengths + t)[:, None]
@@ -210,9 +211,14 @@ class JaxGenerator:
             done = done | jnp.isin(token[:, 0], self.eos_ids) | (t + 1 >= max_new)
             nxt = jnp.where(done, self.pad_id, nxt)
             out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], t + 1, axis=1)
-            return cache, out, done
+            return i + 1, cache, out, done
 
-        return jax.lax.fori_loop(0, num_steps, step, (cache, out, done))
+        def running(carry):  # once every row is done, further steps would only write padding
+            i, _, _, done = carry
+            return (i < num_steps) & ~jnp.all(done)
+
+        _, cache, out, done = jax.lax.while_loop(running, step, (jnp.int32(0), cache, out, done))
+        return cache, out, done
 
     # -- host side --------------------------------------------------------------------------
     def encode(self, request: Request) -> list[int]:

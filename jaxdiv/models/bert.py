@@ -83,8 +83,9 @@ def partitioned(init: Any, axes: tuple[str | None, ...]) -> Any:
 
 def _dense(rngs: nnx.Rngs, n_in: int, n_out: int, axes: tuple[str | None, str | None],
            dtype: Any, init_std: float = 0.02) -> nnx.Linear:
+    # f32 accumulation whatever the compute dtype (bf16 x bf16 -> f32 is also XLA CPU's fast path)
     return nnx.Linear(
-        n_in, n_out, dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+        n_in, n_out, dtype=dtype, param_dtype=jnp.float32, rngs=rngs, preferred_element_type=jnp.float32,
         kernel_init=partitioned(nnx.initializers.normal(init_std), axes),
         bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)))
 
@@ -109,6 +110,7 @@ class BertLayer(nnx.Module):
     def __init__(self, cfg: BertConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         h, m = cfg.hidden_size, cfg.intermediate_size
         self.cfg = cfg
+        self.dtype = dtype
         self.query = _dense(rngs, h, h, ("embed", "heads"), dtype)
         self.key = _dense(rngs, h, h, ("embed", "heads"), dtype)
         self.value = _dense(rngs, h, h, ("embed", "heads"), dtype)
@@ -129,11 +131,13 @@ class BertLayer(nnx.Module):
         queries = x[:, :1] if cls_only else x
         split = lambda t: t.reshape(batch, t.shape[1], cfg.num_attention_heads, cfg.head_dim)
         q, k, v = split(self.query(queries)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.head_dim).astype(q.dtype)
-        # Softmax in f32 whatever the compute dtype: bf16 logits lose the small differences.
-        probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1)
-        probs = _dropout(probs, cfg.attention_probs_dropout_prob, keys[0]).astype(v.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(queries.shape)
+        # Scores and softmax in f32 whatever the compute dtype: bf16 logits lose the small differences.
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(self.dtype), k.astype(self.dtype),
+                            preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim)
+        probs = jax.nn.softmax(scores + attention_bias, axis=-1)
+        probs = _dropout(probs, cfg.attention_probs_dropout_prob, keys[0]).astype(self.dtype)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(self.dtype),
+                             preferred_element_type=jnp.float32).reshape(queries.shape)
         attended = _dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])
         x = self.attention_norm(queries + attended)
         hidden = jax.nn.gelu(self.intermediate(x), approximate=False)
