@@ -53,10 +53,12 @@ COMMAND = "python scripts/bench_all.py"
 SIZES = {
     "full": dict(vendi_sizes=(20000, 100000), suite_sizes=(5000, 20000, 100000),
                  peer_sizes=(2000, 5000, 10000, 20000), peer_timeout=400, pairs_n=20000, embed_texts=512,
-                 gen_batches=(1, 8, 32), gen_tokens=128, gen_repeats=2, ft_rows=1024, ft_steps=24,
+                 gen_batches=(1, 8, 32), gen_dtypes=("float32", "bfloat16"), gen_tokens=128, gen_repeats=2,
+                 ft_rows=1024, ft_steps=24,
                  runs=8, rows_per_run=160, repeats=3, demo_overrides=()),
     "quick": dict(vendi_sizes=(5000,), suite_sizes=(2000,), peer_sizes=(2000,), peer_timeout=120,
-                  pairs_n=4096, embed_texts=128, gen_batches=(1, 8), gen_tokens=16, gen_repeats=1,
+                  pairs_n=4096, embed_texts=128, gen_batches=(1, 8), gen_dtypes=("float32",), gen_tokens=16,
+                  gen_repeats=1,
                   ft_rows=128, ft_steps=6, runs=2, rows_per_run=32, repeats=1,
                   demo_overrides=("grid.levels=(0,)", "grid.proportions=(0.0, 1.0)", "grid.budgets=(8,)",
                                   "grid.seeds=(0,)", "grid.pool_rows=32", "train.optim.steps=4")),
@@ -164,14 +166,16 @@ def embed_rows(sizes: dict, rate: float) -> list[Row]:
     from jaxdiv.train.metrics import bert_layers_flops
 
     minilm = assets.resolve("minilm-l6-v2")
-    result = bench_score.bench_embed(sizes["embed_texts"], sizes["repeats"], minilm)
+    results = bench_score.bench_embed(sizes["embed_texts"], sizes["repeats"], minilm, ("float32", "bfloat16"))
     config = BertConfig.from_json(minilm)
     flops = bert_layers_flops(config, 64, config.num_hidden_layers)  # one 64-token text
-    return [Row("embedder (MiniLM, mean pool + L2)", f"{sizes['embed_texts']} texts × 64 tokens, batch 128",
-                f"sentence-transformers ({result['torch_threads']} torch threads)",
+    return [Row(f"embedder (MiniLM, mean pool + L2, {dtype})", f"{sizes['embed_texts']} texts × 64 tokens, batch 128",
+                f"sentence-transformers ({dtype}, {result['torch_threads']} torch threads)",
                 f"{result['jaxdiv_sent_s']:.0f} sent/s", f"{result['peer_sent_s']:.0f} sent/s",
-                result["jaxdiv_sent_s"] / result["peer_sent_s"], result["jaxdiv_sent_s"] * flops / 1e9 / rate,
-                "≥ 1.2×", result["jaxdiv_sent_s"] >= 1.2 * result["peer_sent_s"])]
+                result["jaxdiv_sent_s"] / result["peer_sent_s"],
+                result["jaxdiv_sent_s"] * flops / 1e9 / rate if dtype == "float32" else None,
+                "≥ 1.2×", result["jaxdiv_sent_s"] >= 1.2 * result["peer_sent_s"])
+            for dtype, result in results.items()]
 
 
 def generate_rows(sizes: dict, rate: float) -> list[Row]:
@@ -183,25 +187,27 @@ def generate_rows(sizes: dict, rate: float) -> list[Row]:
     gguf = assets.resolve("smollm2-135m-instruct") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     rows = []
     targets = {(1, True): 2.0, (1, False): 2.0, (32, True): 2.0, (32, False): 1.5}
-    for batch in sizes["gen_batches"]:
-        for sampling in (False, True):
-            compile_s, ours = bench_generate.timed(
-                bench_generate.jax_runner(gguf, batch, sizes["gen_tokens"], sampling), sizes["gen_repeats"])
-            _, peer = bench_generate.timed(
-                bench_generate.torch_runner(gguf, batch, sizes["gen_tokens"], sampling), sizes["gen_repeats"])
-            model = bench_generate.jax_runner.model[0]
-            params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-            target = targets.get((batch, sampling))
-            mode = "sampling" if sampling else "greedy"
-            print(f"generate batch {batch} {mode}: jaxdiv {ours:.1f} tok/s, transformers {peer:.1f} tok/s "
-                  f"(jax compile + first run {compile_s:.0f} s)", flush=True)
-            rows.append(Row("generator (SmolLM2-135M, f32, KV cache)",
-                            f"batch {batch}, {mode}, {sizes['gen_tokens']} new tokens",
-                            "transformers `generate` (torch)", f"{ours:.0f} tok/s", f"{peer:.0f} tok/s",
-                            ours / peer,
-                            # decode at batch 1 streams the weights once a token: memory-bound
-                            2 * params * ours / 1e9 / rate if batch >= 8 else None,
-                            f"≥ {target}×" if target else "", ours >= target * peer if target else None))
+    for dtype in sizes["gen_dtypes"]:
+        for batch in sizes["gen_batches"]:
+            for sampling in (False, True):
+                compile_s, ours = bench_generate.timed(
+                    bench_generate.jax_runner(gguf, batch, sizes["gen_tokens"], sampling, dtype), sizes["gen_repeats"])
+                _, peer = bench_generate.timed(
+                    bench_generate.torch_runner(gguf, batch, sizes["gen_tokens"], sampling, dtype),
+                    sizes["gen_repeats"], warm_up=False)
+                model = bench_generate.jax_runner.models[dtype][0]
+                params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+                target = targets.get((batch, sampling))
+                mode = "sampling" if sampling else "greedy"
+                print(f"generate {dtype} batch {batch} {mode}: jaxdiv {ours:.1f} tok/s, transformers {peer:.1f} "
+                      f"tok/s (jax compile + first run {compile_s:.0f} s)", flush=True)
+                rows.append(Row(f"generator (SmolLM2-135M, {dtype}, KV cache)",
+                                f"batch {batch}, {mode}, {sizes['gen_tokens']} new tokens",
+                                f"transformers `generate` (torch, {dtype})", f"{ours:.0f} tok/s", f"{peer:.0f} tok/s",
+                                ours / peer,
+                                # decode at batch 1 streams the weights once a token: memory-bound
+                                2 * params * ours / 1e9 / rate if batch >= 8 and dtype == "float32" else None,
+                                f"≥ {target}×" if target else "", ours >= target * peer if target else None))
     return rows
 
 

@@ -1,10 +1,10 @@
 """Decode throughput of the JAX generator vs transformers' PyTorch `generate`, same weights, same run.
 
     python scripts/bench_generate.py [--batches 1,8,32] [--new-tokens 128] [--repeats 2]
-                                     [--pool-rows 600] [--skip-peer]
+                                     [--pool-rows 600] [--skip-peer] [--dtypes float32,bfloat16]
 
 Both sides load SmolLM2-135M-Instruct from the packaged GGUF, dequantised to float32
-(the same weights), and generate exactly --new-tokens tokens per row (EOS ignored) from
+(the same weights), cast to each --dtypes entry on both sides, and generate exactly --new-tokens tokens per row (EOS ignored) from
 the same chat prompts, greedy and sampling (temperature 0.8, top-p 0.95). Reported:
 median tokens/s over --repeats timed runs after one warm-up (JAX compiles in the warm-up;
 its compile time is printed separately), the ratio jaxdiv / transformers, and the
@@ -44,13 +44,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def jax_runner(gguf, batch: int, new_tokens: int, sampling: bool):
+def jax_runner(gguf, batch: int, new_tokens: int, sampling: bool, dtype: str = "float32"):
+    import jax.numpy as jnp
+
     from jaxdiv.generate.sampler import JaxGenerator, Request, SamplingParams
     from jaxdiv.models.llama import load_pretrained
 
-    if not hasattr(jax_runner, "model"):
-        jax_runner.model = load_pretrained(gguf)
-    model, tokenizer = jax_runner.model
+    if dtype not in jax_runner.models:
+        jax_runner.models[dtype] = load_pretrained(gguf, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))
+    model, tokenizer = jax_runner.models[dtype]
     generator = JaxGenerator(model, tokenizer, batch_buckets=(batch,), prompt_buckets=(64,),
                              decode_chunk=16, stop_at_eos=False)
     params = SamplingParams(temperature=0.8 if sampling else 0.0, top_p=0.95 if sampling else 1.0,
@@ -64,14 +66,15 @@ def jax_runner(gguf, batch: int, new_tokens: int, sampling: bool):
     return run
 
 
-def torch_runner(gguf, batch: int, new_tokens: int, sampling: bool):
+def torch_runner(gguf, batch: int, new_tokens: int, sampling: bool, dtype: str = "float32"):
     import torch
 
     from tests.models.make_reference import chat_ids, reference_model
 
-    if not hasattr(torch_runner, "model"):
-        torch_runner.model = reference_model(gguf)
-    model, tokenizer = torch_runner.model
+    if dtype not in torch_runner.models:
+        model, tokenizer = reference_model(gguf)
+        torch_runner.models[dtype] = model.to(getattr(torch, dtype)), tokenizer
+    model, tokenizer = torch_runner.models[dtype]
     prompts = [chat_ids(tokenizer, [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
                for i in range(batch)]
     width = max(len(p) for p in prompts)
@@ -89,6 +92,10 @@ def torch_runner(gguf, batch: int, new_tokens: int, sampling: bool):
     return run
 
 
+# loaded models, per dtype (several benchmark cells share them)
+jax_runner.models, torch_runner.models = {}, {}
+
+
 def timed(run, repeats: int, warm_up: bool = True) -> tuple[float, float]:
     """(warm-up seconds, median tokens/s over the timed repeats)."""
     start = time.perf_counter()
@@ -103,7 +110,7 @@ def timed(run, repeats: int, warm_up: bool = True) -> tuple[float, float]:
     return warmup, statistics.median(rates)
 
 
-def pool_time(rows: int) -> tuple[float, float, dict]:
+def pool_time(rows: int, dtype: str = "float32") -> tuple[float, float, dict]:
     """(topic generation s, pool generation s, counts) for a TREC topics D3 pool."""
     from jaxdiv.configlib import apply_overrides
     from jaxdiv.generate.config import GenerateConfig
@@ -112,7 +119,7 @@ def pool_time(rows: int) -> tuple[float, float, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = ["recipe.name=topics", "recipe.level=3", f"recipe.topics_cache={tmp}/topics",
                      f"n={rows}", "chunk_rows=64", f"workdir={tmp}/pool", "jax.batch_buckets=(64,)",
-                     "jax.prompt_buckets=(160, 192, 256)"]
+                     f"jax.dtype={dtype}", "jax.prompt_buckets=(160, 192, 256)"]
         warm = apply_overrides(GenerateConfig(), overrides[:-2] + ["n=1", f"workdir={tmp}/warm"])
         start = time.perf_counter()
         run_generate(warm, progress=False)  # loads, generates + caches the 100 topics, compiles
@@ -129,6 +136,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell (median)")
     parser.add_argument("--pool-rows", type=int, default=600, help="0 skips the pool timing")
     parser.add_argument("--skip-peer", action="store_true", help="no transformers comparison")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="weights and compute dtype of both "
+                        "sides (bfloat16: bf16 matmuls with f32 accumulation in jaxdiv, torch's bf16 on the peer)")
     parser.add_argument("--threads", type=int, default=0, help="1: both sides single-threaded "
                         "(steadier on a shared machine); 0: library defaults")
     args = parser.parse_args()
@@ -147,21 +156,23 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; threads: {args.threads or 'default'}; "
           f"jax f32 matmul {matmul_gflops():.0f} GFLOP/s", flush=True)
-    print(f"{'batch':>5} {'mode':>8} {'jaxdiv tok/s':>13} {'transformers':>13} {'ratio':>6} "
+    print(f"{'dtype':>9} {'batch':>5} {'mode':>8} {'jaxdiv tok/s':>13} {'transformers':>13} {'ratio':>6} "
           f"{'jax compile+1st s':>18}", flush=True)
-    for batch in (int(b) for b in args.batches.split(",")):
-        for sampling in (False, True):
-            warmup, ours = timed(jax_runner(gguf, batch, args.new_tokens, sampling), args.repeats)
-            peer = float("nan")
-            if not args.skip_peer:
-                # eager PyTorch compiles nothing: its first run is already a timed one
-                _, peer = timed(torch_runner(gguf, batch, args.new_tokens, sampling), args.repeats,
-                                warm_up=False)
-            print(f"{batch:>5} {'sample' if sampling else 'greedy':>8} {ours:>13.1f} {peer:>13.1f} "
-                  f"{ours / peer:>6.2f} {warmup:>18.1f}", flush=True)
+    dtypes = args.dtypes.split(",")
+    for dtype in dtypes:
+        for batch in (int(b) for b in args.batches.split(",")):
+            for sampling in (False, True):
+                warmup, ours = timed(jax_runner(gguf, batch, args.new_tokens, sampling, dtype), args.repeats)
+                peer = float("nan")
+                if not args.skip_peer:
+                    # eager PyTorch compiles nothing: its first run is already a timed one
+                    _, peer = timed(torch_runner(gguf, batch, args.new_tokens, sampling, dtype), args.repeats,
+                                    warm_up=False)
+                print(f"{dtype:>9} {batch:>5} {'sample' if sampling else 'greedy':>8} {ours:>13.1f} "
+                      f"{peer:>13.1f} {ours / peer:>6.2f} {warmup:>18.1f}", flush=True)
     if args.pool_rows:
-        topics_s, pool_s, counts = pool_time(args.pool_rows)
-        print(f"TREC topics D3 pool: {args.pool_rows} rows in {pool_s:.0f} s ({counts}); "
+        topics_s, pool_s, counts = pool_time(args.pool_rows, dtypes[-1])
+        print(f"TREC topics D3 pool ({dtypes[-1]}): {args.pool_rows} rows in {pool_s:.0f} s ({counts}); "
               f"first run incl. load, 100 LLM topics, compile: {topics_s:.0f} s", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

@@ -194,7 +194,7 @@ def bench_suite(n, peer_sizes, timeout):
     return {"jaxdiv": ours, "peers": peers}
 
 
-def bench_embed(texts_n, repeats, minilm):
+def bench_embed(texts_n, repeats, minilm, dtypes=("float32",)):
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -217,21 +217,27 @@ def bench_embed(texts_n, repeats, minilm):
     lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
     import jax
 
-    embedder = Embedder(EmbedderConfig(batch_size=128, max_length=64, length_buckets=(64,)),
-                        MeshConfig(), devices=jax.devices()[:1])
-    model = SentenceTransformer(str(minilm), device="cpu")
-    model.max_seq_length = 64
-    t = interleaved({"ours": lambda: embedder.embed(texts, progress=False, use_cache=False),
-                     "peer": lambda: model.encode(texts, batch_size=128)}, repeats)
-    ours, peer = t["ours"], t["peer"]
-    x_ours = embedder.embed(texts[:64], progress=False, use_cache=False)
-    x_peer = model.encode(texts[:64], batch_size=128, normalize_embeddings=True)
-    print(f"\n## Embedder, {texts_n} texts of {min(lengths)}-{max(lengths)} tokens, batch 128")
-    table([(f"{texts_n / ours:.0f}", f"{texts_n / peer:.0f}", f"{peer / ours:.2f}x",
-            f"{np.abs(x_ours - x_peer).max():.1e}", torch.get_num_threads())],
-          ("jaxdiv sent/s", "sentence-transformers sent/s", "speed-up", "max abs diff", "torch threads"))
-    return {"jaxdiv_sent_s": texts_n / ours, "peer_sent_s": texts_n / peer, "max_abs_diff":
-            float(np.abs(x_ours - x_peer).max()), "torch_threads": torch.get_num_threads()}
+    results = {}
+    for dtype in dtypes:
+        embedder = Embedder(EmbedderConfig(batch_size=128, max_length=64, length_buckets=(64,), dtype=dtype),
+                            MeshConfig(), devices=jax.devices()[:1])
+        # the peer at the same precision: bf16 weights and matmuls in torch
+        model = SentenceTransformer(str(minilm), device="cpu", model_kwargs={"torch_dtype": getattr(torch, dtype)})
+        model.max_seq_length = 64
+        t = interleaved({"ours": lambda: embedder.embed(texts, progress=False, use_cache=False),
+                         "peer": lambda: model.encode(texts, batch_size=128)}, repeats)
+        ours, peer = t["ours"], t["peer"]
+        x_ours = embedder.embed(texts[:64], progress=False, use_cache=False)
+        x_peer = np.asarray(model.encode(texts[:64], batch_size=128, normalize_embeddings=True,
+                                         convert_to_tensor=True).float())
+        print(f"\n## Embedder ({dtype}), {texts_n} texts of {min(lengths)}-{max(lengths)} tokens, batch 128")
+        table([(f"{texts_n / ours:.0f}", f"{texts_n / peer:.0f}", f"{peer / ours:.2f}x",
+                f"{np.abs(x_ours - x_peer).max():.1e}", torch.get_num_threads())],
+              ("jaxdiv sent/s", "sentence-transformers sent/s", "speed-up", "max abs diff", "torch threads"))
+        results[dtype] = {"jaxdiv_sent_s": texts_n / ours, "peer_sent_s": texts_n / peer,
+                          "max_abs_diff": float(np.abs(x_ours - x_peer).max()),
+                          "torch_threads": torch.get_num_threads()}
+    return results
 
 
 def main():
@@ -243,6 +249,7 @@ def main():
     parser.add_argument("--peer-sizes", default="2000,5000,10000,20000")
     parser.add_argument("--peer-timeout", type=int, default=400)
     parser.add_argument("--embed-texts", type=int, default=512)
+    parser.add_argument("--embed-dtypes", default="float32,bfloat16", help="embedder compute dtypes (the peer runs at each)")
     parser.add_argument("--block", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child-suite", type=int, default=0, help=argparse.SUPPRESS)
@@ -265,7 +272,7 @@ def main():
     if "embed" in sections:
         from jaxdiv import assets
 
-        bench_embed(args.embed_texts, args.repeats, assets.resolve("minilm-l6-v2"))
+        bench_embed(args.embed_texts, args.repeats, assets.resolve("minilm-l6-v2"), args.embed_dtypes.split(","))
 
 
 if __name__ == "__main__":

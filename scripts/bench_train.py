@@ -8,7 +8,7 @@
 3. The vmapped ablation engine: R small runs (frozen encoder, head plus top layer trained)
    as one program vs the same R runs one after another with `train_classifier`, wall time.
 
-    python scripts/bench_train.py [--steps 8] [--runs 8] [--skip-torch]
+    python scripts/bench_train.py [--steps 8] [--runs 8] [--skip-torch] [--dtypes float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def matmul_gflops(size: int = 2048) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
-def jaxdiv_step(task, steps: int, batch: int, length: int):
+def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32"):
     from jaxdiv.configlib import apply_overrides
     from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
     from jaxdiv.train import data as data_lib
@@ -51,7 +51,8 @@ def jaxdiv_step(task, steps: int, batch: int, length: int):
     from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
     from jaxdiv.train.step import make_train_step
 
-    cfg = apply_overrides(TrainJobConfig(), [f"optim.batch_size={batch}", f"model.max_length={length}"])
+    cfg = apply_overrides(TrainJobConfig(), [f"optim.batch_size={batch}", f"model.max_length={length}",
+                                             f"model.compute_dtype={dtype}"])
     prepared = prepare(cfg, task.splits["train"], {}, task.label_names)
     spec = prepared.spec
     mesh = make_mesh(MeshConfig(data=-1))
@@ -75,7 +76,7 @@ def jaxdiv_step(task, steps: int, batch: int, length: int):
     return seconds, flops, host
 
 
-def torch_step(minilm_dir, host, num_labels: int, steps: int):
+def torch_step(minilm_dir, host, num_labels: int, steps: int, dtype: str = "float32"):
     import torch
     from transformers import BertForSequenceClassification
 
@@ -89,7 +90,9 @@ def torch_step(minilm_dir, host, num_labels: int, steps: int):
 
     def run():
         optimizer.zero_grad()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        # bf16: autocast, torch's mixed precision (bf16 matmuls, f32 params), like jaxdiv's compute_dtype
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8, help="R for the ablation engine")
     parser.add_argument("--rows-per-run", type=int, default=160)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes of the step section "
+                        "(bfloat16: bf16 matmuls, f32 params, on both sides)")
     parser.add_argument("--sections", default="step,runs", help="comma-separated: step (jaxdiv vs PyTorch), "
                                                                 "runs (vmapped vs sequential)")
     args = parser.parse_args()
@@ -152,22 +157,29 @@ def main() -> None:
 
 def step_table(args, task, peak: float) -> None:
     from jaxdiv import assets
+    from jaxdiv.models.bert import BertConfig
+    from jaxdiv.train.metrics import bert_train_flops
 
-    seconds, flops, host = jaxdiv_step(task, args.steps, args.batch, args.length)
-    rows = [("jaxdiv (jit, AdamW)", seconds)]
-    if not args.skip_torch:
-        import torch
+    minilm = assets.resolve("minilm-l6-v2")
+    # BertForSequenceClassification computes every row of the last layer; jaxdiv only [CLS]'s
+    torch_flops = bert_train_flops(BertConfig.from_json(minilm), len(task.label_names), args.batch,
+                                   args.length, cls_only=False)
+    for dtype in args.dtypes.split(","):
+        seconds, flops, host = jaxdiv_step(task, args.steps, args.batch, args.length, dtype)
+        rows = [(f"jaxdiv (jit, AdamW), {dtype}", seconds, flops)]
+        if not args.skip_torch:
+            import torch
 
-        rows.append((f"PyTorch {torch.__version__} BertForSequenceClassification",
-                     torch_step(assets.resolve("minilm-l6-v2"), host, len(task.label_names), args.steps)))
-    print(f"\nMiniLM classifier fine-tune step, batch {args.batch}, seq {args.length} "
-          f"({flops / 1e9:.1f} GFLOP a step, analytic)")
-    print(f"{'framework':<52} {'s/step':>8} {'examples/s':>11} {'GFLOP/s':>8} {'of matmul':>10}")
-    for name, secs in rows:
-        print(f"{name:<52} {secs:8.3f} {args.batch / secs:11.1f} {flops / secs / 1e9:8.1f} "
-              f"{flops / secs / 1e9 / peak:10.0%}")
-    if len(rows) == 2:
-        print(f"jaxdiv / PyTorch examples/s: {rows[1][1] / rows[0][1]:.2f}x")
+            rows.append((f"PyTorch {torch.__version__} BertForSequenceClassification, {dtype}",
+                         torch_step(minilm, host, len(task.label_names), args.steps, dtype), torch_flops))
+        print(f"\nMiniLM classifier fine-tune step, {dtype}, batch {args.batch}, seq {args.length} "
+              f"(jaxdiv {flops / 1e9:.1f} GFLOP a step as executed, analytic)")
+        print(f"{'framework':<62} {'s/step':>8} {'examples/s':>11} {'GFLOP/s':>8} {'of f32 matmul':>14}")
+        for name, secs, work in rows:
+            print(f"{name:<62} {secs:8.3f} {args.batch / secs:11.1f} {work / secs / 1e9:8.1f} "
+                  f"{work / secs / 1e9 / peak:14.0%}")
+        if len(rows) == 2:
+            print(f"jaxdiv / PyTorch examples/s, {dtype}: {rows[1][1] / rows[0][1]:.2f}x")
 
 
 def runs_table(args, task) -> None:

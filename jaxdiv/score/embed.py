@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -50,7 +51,7 @@ class Embedder:
         self.directory = resolve_model(cfg.model)
         self.model_hash = assets.file_hash(self.directory / "model.safetensors")
         self.tokenizer = load_tokenizer(self.directory)
-        encoder = load_bert_encoder(self.directory)
+        encoder = load_bert_encoder(self.directory, dtype=jnp.dtype(cfg.dtype))
         self.mesh = make_mesh(mesh_cfg, devices)
         self.batch_sharding = batch_sharding(self.mesh, 2)
         graphdef, state = nnx.split(encoder)
@@ -66,7 +67,7 @@ class Embedder:
 
         self._forward = forward
         root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else assets.cache_dir() / "embeddings"
-        self.cache_dir = root / f"{self.model_hash}-L{cfg.max_length}"
+        self.cache_dir = root / (f"{self.model_hash}-L{cfg.max_length}" + ("" if cfg.dtype == "float32" else f"-{cfg.dtype}"))
         self._cache: dict[str, np.ndarray] | None = None  # read from disk once, then kept current
 
     # -- cache ---------------------------------------------------------------------------

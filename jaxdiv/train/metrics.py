@@ -41,16 +41,17 @@ def bert_layers_flops(cfg: BertConfig, length: int, layers: int, *, cls_only: bo
     return float(length * per_token * (layers - 1) + last)
 
 
-def bert_train_flops(cfg: BertConfig, num_labels: int, batch: int, length: int, frozen_layers: int = 0
-                     ) -> float:
+def bert_train_flops(cfg: BertConfig, num_labels: int, batch: int, length: int, frozen_layers: int = 0,
+                     *, cls_only: bool = True) -> float:
     """Matmul FLOPs of one classifier train step as executed: forward through everything,
-    backward (2x the forward) through the trained layers, pooler and head only (the last layer
-    computes the [CLS] row only). Embedding gathers, softmax and norms are not counted (they
-    are a few percent)."""
+    backward (2x the forward) through the trained layers, pooler and head only. `cls_only`:
+    the last layer computes the [CLS] row only, as jaxdiv's classifier does (False: every row,
+    as `BertForSequenceClassification` does). Embedding gathers, softmax and norms are not
+    counted (they are a few percent)."""
     layers, h = cfg.num_hidden_layers, cfg.hidden_size
     head = 2 * (h * h + h * num_labels)  # per example
-    forward = bert_layers_flops(cfg, length, layers, cls_only=True) + head
-    backward = 2 * (bert_layers_flops(cfg, length, layers - frozen_layers, cls_only=True) + head)
+    forward = bert_layers_flops(cfg, length, layers, cls_only=cls_only) + head
+    backward = 2 * (bert_layers_flops(cfg, length, layers - frozen_layers, cls_only=cls_only) + head)
     return float(batch * (forward + backward))
 
 

@@ -53,3 +53,15 @@ def test_cache_never_re_embeds_and_resumes(embedder, trec_task, monkeypatch):
     embedded.clear()
     again = embedder.embed(texts, progress=False)
     assert embedded == [] and np.array_equal(again, full[:20])
+
+
+def test_bfloat16_embeddings_stay_close_and_cache_apart(embedder, tmp_path):
+    """bf16 matmuls (f32 accumulation) keep the embeddings within 2e-2 of the f32 reference,
+    unit-norm; their cache is a separate folder (a bf16 vector never serves an f32 request)."""
+    cfg = EmbedderConfig(batch_size=8, max_length=64, length_buckets=(16, 32), dtype="bfloat16",
+                         cache_dir=embedder.cfg.cache_dir)
+    bf16 = Embedder(cfg)
+    ours = bf16.embed(TEXTS, progress=False, use_cache=False)
+    np.testing.assert_allclose(ours, np.load(FIXTURE)["embeddings"], atol=2e-2, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert bf16.cache_dir != embedder.cache_dir
