@@ -31,15 +31,17 @@ def get_config() -> StudyConfig:
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
         mix=MixConfig(protocol="fixed_total", allow_short_classes=True),
         train=TrainJobConfig(
-            model=ModelConfig(max_length=48, frozen_layers=4),
-            optim=OptimConfig(steps=60, batch_size=16, learning_rate=2e-4, warmup_fraction=0.1,
+            # bf16 matmuls (f32 params and accumulation): XLA's fast CPU path. 32 tokens hold 99%
+            # of TREC questions and every 32-token completion.
+            model=ModelConfig(max_length=32, frozen_layers=4, compute_dtype="bfloat16"),
+            optim=OptimConfig(steps=60, batch_size=16, learning_rate=5e-4, warmup_fraction=0.1,
                               eval_batch_size=256),
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False, progress=True),
         ),
         grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.5, 1.0), budgets=(8, 16), seeds=(0, 1),
                         pool_rows=150),
-        train_group_size=8,
+        train_group_size=32,  # every cell in one vmapped program: one compile, one feature table
         workdir="runs/demo",
         seed=0,
     )

@@ -8,12 +8,13 @@
   It can be slightly negative when the two sets are alike (it is unbiased, not clipped).
 - Frechet distance between Gaussian fits: ||mu_x - mu_y||^2 + tr(S_x + S_y - 2 (S_x^1/2 S_y S_x^1/2)^1/2),
   unbiased covariances; means and covariances are accumulated in JAX at HIGHEST precision, the
-  d x d square roots are taken in float64 numpy.
+  square roots are taken in float64 numpy (S_y^1/2 once per real set; see `_frechet`).
 Both are reported overall and per label (labels with at least `min_rows_per_label` rows in both sets).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -69,28 +70,12 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray, sample: int, seed: int) -> fl
     return float(np.median(positive)) if positive.size else 1.0  # all identical: any width gives 0
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float, block: int = 1024) -> float:
-    """Unbiased MMD^2 with an RBF kernel of width sigma; `block` must be a power of two."""
-    m, n = len(x), len(y)
-    if m < 2 or n < 2:
-        raise ValueError(f"MMD^2 needs at least 2 rows per set, got {m} and {n}")
-    gamma = jnp.float32(1.0 / (2.0 * sigma * sigma))
-    xs, ys = _padded(x, block), _padded(y, block)
-
-    def kernel_sum(a, b, n_a, n_b):
-        return float(_rbf_sum(a, b, gamma, n_a, n_b, block=min(block, a.shape[0], b.shape[0])))
-
-    kxx = kernel_sum(xs, xs, m, m) - m  # minus the diagonal, k(x_i, x_i) = 1
-    kyy = kernel_sum(ys, ys, n, n) - n
-    kxy = kernel_sum(xs, ys, m, n)
-    return kxx / (m * (m - 1)) + kyy / (n * (n - 1)) - 2.0 * kxy / (m * n)
-
-
 @jax.jit
-def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    mean = jnp.mean(x, axis=0)
-    centred = x - mean
-    return mean, jnp.matmul(centred.T, centred, precision=HIGHEST) / (x.shape[0] - 1)
+def _moments(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and unbiased covariance of the first n rows of zero-padded x."""
+    mean = jnp.sum(x, axis=0) / n
+    centred = jnp.where((jnp.arange(x.shape[0]) < n)[:, None], x - mean, 0.0)
+    return mean, jnp.matmul(centred.T, centred, precision=HIGHEST) / (n - 1)
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -98,31 +83,128 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
 
 
+def _gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (float64) of the rows of z."""
+    # padded like the kernel sums' inputs: a few compiled shapes, whatever the row counts
+    return tuple(np.asarray(v, np.float64) for v in _moments(_padded(z, 1024), len(z)))
+
+
+def _frechet(x: np.ndarray, mean: np.ndarray, cov: np.ndarray, cov_root: np.ndarray) -> float:
+    """Frechet distance of x's Gaussian fit to (mean, cov); cov_root = cov^1/2.
+
+    tr((S_x^1/2 S S_x^1/2)^1/2) is the nuclear norm of B = A cov^1/2 with S_x = A^T A (A: the
+    centred rows over sqrt(m - 1)), since the nonzero eigenvalues agree: one small SVD when
+    x has at most d rows, else one d x d symmetric eigensolve of cov^1/2 S_x cov^1/2."""
+    m, d = x.shape
+    if m < 2:
+        raise ValueError(f"the Frechet distance needs at least 2 rows per set, got {m}")
+    if m <= d:
+        x64 = np.asarray(x, np.float64)
+        mx = x64.mean(axis=0)
+        a = (x64 - mx) / np.sqrt(m - 1)
+        trace_x, cross = np.sum(a * a), np.sum(np.linalg.svd(a @ cov_root, compute_uv=False))
+    else:
+        mx, sx = _gaussian(x)
+        trace_x = np.trace(sx)
+        cross = np.sum(np.sqrt(np.maximum(np.linalg.eigvalsh(cov_root @ sx @ cov_root), 0.0)))
+    return float(np.sum((mx - mean) ** 2) + trace_x + np.trace(cov) - 2.0 * cross)
+
+
+def _kernel_sum(a: jax.Array, b: jax.Array, n_a: int, n_b: int, gamma: float, block: int) -> float:
+    return float(_rbf_sum(a, b, jnp.float32(gamma), n_a, n_b, block=min(block, a.shape[0], b.shape[0])))
+
+
+@dataclasses.dataclass(frozen=True)
+class RealSide:
+    """What the shift metrics need of one real set, computed once: its padded rows, its own
+    RBF kernel sum (diagonal excluded) at width sigma, and its Gaussian fit (float64)."""
+
+    rows: jax.Array
+    n: int
+    kernel_sum: float
+    mean: np.ndarray
+    cov: np.ndarray
+    cov_root: np.ndarray
+
+    @classmethod
+    def of(cls, y: np.ndarray, sigma: float, block: int) -> "RealSide":
+        if len(y) < 2:
+            raise ValueError(f"a shift reference needs at least 2 real rows, got {len(y)}")
+        rows = _padded(y, block)
+        kernel_sum = _kernel_sum(rows, rows, len(y), len(y), _gamma(sigma), block) - len(y)  # k(y_i, y_i) = 1
+        mean, cov = _gaussian(y)
+        return cls(rows, len(y), kernel_sum, mean, cov, _psd_sqrt(cov))
+
+    def mmd2(self, x: np.ndarray, sigma: float, block: int) -> float:
+        m, n = len(x), self.n
+        if m < 2:
+            raise ValueError(f"MMD^2 needs at least 2 rows per set, got {m} and {n}")
+        xs = _padded(x, block)
+        kxx = _kernel_sum(xs, xs, m, m, _gamma(sigma), block) - m
+        kxy = _kernel_sum(xs, self.rows, m, n, _gamma(sigma), block)
+        return kxx / (m * (m - 1)) + self.kernel_sum / (n * (n - 1)) - 2.0 * kxy / (m * n)
+
+    def frechet(self, x: np.ndarray) -> float:
+        return _frechet(x, self.mean, self.cov, self.cov_root)
+
+
+def _gamma(sigma: float) -> float:
+    return 1.0 / (2.0 * sigma * sigma)
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float, block: int = 1024) -> float:
+    """Unbiased MMD^2 with an RBF kernel of width sigma; `block` must be a power of two."""
+    if len(y) < 2:
+        raise ValueError(f"MMD^2 needs at least 2 rows per set, got {len(x)} and {len(y)}")
+    return RealSide.of(y, sigma, block).mmd2(x, sigma, block)
+
+
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 2 or len(y) < 2:
+    if len(y) < 2:
         raise ValueError(f"the Frechet distance needs at least 2 rows per set, got {len(x)} and {len(y)}")
-    (mx, sx), (my, sy) = [tuple(np.asarray(v, np.float64) for v in _moments(jnp.asarray(z, jnp.float32)))
-                          for z in (x, y)]
-    root = _psd_sqrt(sx)
-    cross = np.sum(np.sqrt(np.maximum(np.linalg.eigvalsh(root @ sy @ root), 0.0)))
-    return float(np.sum((mx - my) ** 2) + np.trace(sx) + np.trace(sy) - 2.0 * cross)
+    mean, cov = _gaussian(y)
+    return _frechet(x, mean, cov, _psd_sqrt(cov))
+
+
+class ShiftReference:
+    """The real side of every shift metric, overall and per label, at one RBF width: built once
+    per real set and reused by every pool and half-sample scored against it (the real-real
+    kernel sums are most of the work: the real set is usually far larger than a pool)."""
+
+    def __init__(self, y: np.ndarray, y_labels: Sequence[int] | None = None, label_names: Sequence[str] = (),
+                 cfg: ShiftConfig = ShiftConfig(), sigma: float | None = None, block: int = 1024,
+                 x_for_bandwidth: np.ndarray | None = None):
+        self.cfg, self.block = cfg, block
+        self.sigma = median_bandwidth(x_for_bandwidth if x_for_bandwidth is not None else y[:0], y,
+                                      cfg.median_sample, cfg.seed) if sigma is None else sigma
+        self.overall = RealSide.of(y, self.sigma, block)
+        self.per_label: dict[int, tuple[str, RealSide]] = {}
+        if y_labels is not None:
+            y_labels = np.asarray(y_labels)
+            for index, name in enumerate(label_names):
+                rows = y[y_labels == index]
+                if len(rows) >= max(cfg.min_rows_per_label, 2):
+                    self.per_label[index] = (name, RealSide.of(rows, self.sigma, block))
+
+    def metrics(self, x: np.ndarray, x_labels: Sequence[int] | None = None) -> dict[str, float]:
+        out = {"mmd2": self.overall.mmd2(x, self.sigma, self.block), "frechet_distance": self.overall.frechet(x)}
+        if x_labels is not None:
+            x_labels = np.asarray(x_labels)
+            for index, (name, real) in self.per_label.items():
+                rows = x[x_labels == index]
+                if len(rows) >= max(self.cfg.min_rows_per_label, 2):
+                    out[f"mmd2/{name}"] = real.mmd2(rows, self.sigma, self.block)
+                    out[f"frechet_distance/{name}"] = real.frechet(rows)
+        return out
 
 
 def shift_metrics(x: np.ndarray, y: np.ndarray, x_labels: Sequence[int] | None = None,
                   y_labels: Sequence[int] | None = None, label_names: Sequence[str] = (),
                   cfg: ShiftConfig = ShiftConfig(), sigma: float | None = None,
                   block: int = 1024) -> dict[str, float]:
-    """MMD^2 and Frechet distance of generated `x` against real `y`, overall and per label.
-
-    `sigma` (default: the median heuristic on x and y) is the RBF width for all of them.
-    """
-    sigma = median_bandwidth(x, y, cfg.median_sample, cfg.seed) if sigma is None else sigma
-    out = {"mmd2": mmd2_unbiased(x, y, sigma, block), "frechet_distance": frechet_distance(x, y)}
-    if x_labels is not None and y_labels is not None:
-        x_labels, y_labels = np.asarray(x_labels), np.asarray(y_labels)
-        for index, name in enumerate(label_names):
-            xs, ys = x[x_labels == index], y[y_labels == index]
-            if min(len(xs), len(ys)) >= cfg.min_rows_per_label:
-                out[f"mmd2/{name}"] = mmd2_unbiased(xs, ys, sigma, block)
-                out[f"frechet_distance/{name}"] = frechet_distance(xs, ys)
-    return out
+    """MMD^2 and Frechet distance of generated `x` against real `y`, overall and per label
+    (labels with at least `min_rows_per_label` rows in both sets). `sigma` (default: the
+    median heuristic on x and y) is the RBF width for all of them."""
+    reference = ShiftReference(y, None if x_labels is None else y_labels, label_names, cfg, sigma, block,
+                               x_for_bandwidth=x)
+    return reference.metrics(x, x_labels)

@@ -23,7 +23,7 @@ from jaxdiv.score.embed import Embedder
 from jaxdiv.score.lexical import lexical_metrics, self_bleu_rows
 from jaxdiv.score.errors import ScoreError
 from jaxdiv.score.quality import exact_duplicate_rate, predict, train_probe
-from jaxdiv.score.shift import median_bandwidth, shift_metrics
+from jaxdiv.score.shift import ShiftReference, median_bandwidth
 from jaxdiv.sharding import make_mesh
 
 
@@ -66,8 +66,10 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
         real_y = np.asarray(train["label"], np.int32)
         sigma = median_bandwidth(x, real_x, cfg.shift.median_sample, cfg.shift.seed)
         info["mmd_bandwidth"] = sigma
-        if labels is not None:
-            ids = label_ids(labels, real.label_names)
+        ids = None if labels is None else label_ids(labels, real.label_names)
+        # the real side of the shift metrics: computed once, for the pool and all its half-samples
+        reference = ShiftReference(real_x, None if ids is None else real_y, real.label_names, cfg.shift, sigma)
+        if ids is not None:
             probe = train_probe(real_x, real_y, real.num_labels, cfg.quality)
             agree = predict(probe, x) == ids
             test = real.splits["test"]
@@ -84,8 +86,7 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
                   "quality": {"exact_duplicate_rate": exact_duplicate_rate(subset)}}
         groups["quality"]["near_duplicate_rate"] = groups["embedding"].pop("near_duplicate_rate")
         if real is not None:
-            groups["shift"] = shift_metrics(x[rows], real_x, None if ids is None else ids[rows], real_y,
-                                            real.label_names, cfg.shift, sigma)
+            groups["shift"] = reference.metrics(x[rows], None if ids is None else ids[rows])
             if ids is not None:
                 groups["quality"]["label_fidelity"] = float(np.mean(agree[rows]))
         out = {}

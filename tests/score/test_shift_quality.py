@@ -49,10 +49,12 @@ def test_mmd2_of_same_distribution_is_near_zero():
     assert abs(mmd2_unbiased(x, y, median_bandwidth(x, y, 600, 0))) < 5e-3
 
 
-def test_frechet_matches_scipy_sqrtm(sets):
+@pytest.mark.parametrize("rows", [5, 12, 50])  # fewer rows than dims (the SVD route), equal, more
+def test_frechet_matches_scipy_sqrtm(sets, rows):
     x, y = sets
-    assert frechet_distance(x, y) == pytest.approx(_frechet_reference(x, y), rel=1e-4)
-    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-4)
+    assert frechet_distance(x[:rows], y) == pytest.approx(_frechet_reference(x[:rows], y), rel=1e-4)
+    assert frechet_distance(y, x[:rows]) == pytest.approx(_frechet_reference(y, x[:rows]), rel=1e-4)
+    assert frechet_distance(x[:rows], x[:rows]) == pytest.approx(0.0, abs=1e-4)
 
 
 def test_shift_per_label(sets):
