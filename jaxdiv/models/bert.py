@@ -342,6 +342,14 @@ def load_bert_encoder(directory: str | Path, *, dtype: Any = jnp.float32, seed: 
     return encoder
 
 
+@nnx.jit(static_argnums=(0, 1, 2))
+def _seeded_head(cfg: BertConfig, num_labels: int, dtype: Any, seed: jax.Array):
+    """The pooler's and head's seeded initialisation (N(0, 0.02), zero bias): a jitted
+    constructor that keeps only them (XLA drops the rest of the model's init)."""
+    model = BertClassifier(cfg, num_labels, dtype=dtype, rngs=nnx.Rngs(jax.random.key(seed)))
+    return nnx.state(model.pooler), nnx.state(model.classifier)
+
+
 def load_bert_classifier(directory: str | Path, num_labels: int, *, frozen_layers: int = 0,
                          dtype: Any = jnp.float32, seed: int = 0, dropout: bool = True) -> BertClassifier:
     """A `BertClassifier` whose encoder comes from the checkpoint.
@@ -355,10 +363,14 @@ def load_bert_classifier(directory: str | Path, num_labels: int, *, frozen_layer
     cfg = BertConfig.from_json(weights.parent)
     if not dropout:
         cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertClassifier(cfg, num_labels, frozen_layers=frozen_layers, dtype=dtype,
-                           rngs=nnx.Rngs(seed))
+    # Built abstract (no random init of ~22M params that the checkpoint overwrites), then filled.
+    model = nnx.eval_shape(lambda: BertClassifier(cfg, num_labels, frozen_layers=frozen_layers, dtype=dtype,
+                                                  rngs=nnx.Rngs(0)))
     tensors = _read_safetensors(weights)
     _fill(model.encoder, tensors, _hf_key, weights)
+    pooler, classifier = _seeded_head(cfg, num_labels, dtype, seed)
+    nnx.update(model.pooler, pooler)
+    nnx.update(model.classifier, classifier)
     for name, prefix in (("pooler", "pooler.dense"), ("classifier", "classifier")):
         if f"{prefix}.weight" in tensors:
             _fill(getattr(model, name), tensors,

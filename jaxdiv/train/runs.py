@@ -102,22 +102,30 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     trimmed = data_lib.trim_padding(encoded + list(evals.values()))
     encoded, evals = trimmed[:len(encoded)], dict(zip(evals, trimmed[len(encoded):]))
 
-    specs = [build_model(cfg.model, len(names), run.seed) for run in runs]
-    spec = specs[0]
+    spec = build_model(cfg.model, len(names), runs[0].seed)
     steps = np.array([total_steps(optim, len(rows)) if index < num_runs else 0
                       for index, rows in enumerate(encoded)], np.int32)
     learning_rates = np.array([run.learning_rate or optim.learning_rate for run in runs], np.float32)
     seeds = np.array([run.seed for run in runs], np.uint32)
     # Frozen params that every run shares (a pretrained encoder) are kept once, without a run
-    # axis: less memory, and each frozen layer runs as one (R x batch)-row matmul.
+    # axis: less memory, and each frozen layer runs as one (R x batch)-row matmul. Each run's
+    # own model is held only as long as it takes to copy what differs from run 0's.
     frozen_keys = sorted(set(spec.initial) - spec.trainable_keys)
-    shared = all(np.array_equal(s.initial[k], spec.initial[k]) for s in specs[1:] for k in frozen_keys)
+    trainable, frozen = [], []
+    for index, run in enumerate(runs):
+        initial = spec.initial if index == 0 else build_model(cfg.model, len(names), run.seed).initial
+        trainable.append({k: initial[k] for k in spec.trainable_keys})
+        same = all(np.array_equal(initial[k], spec.initial[k]) for k in frozen_keys)
+        frozen.append(None if same else {k: initial[k] for k in frozen_keys})
+    shared = all(f is None for f in frozen)
     run_axes = {"trainable": 0, "frozen": None if shared else 0, "opt_state": 0, "step": 0, "rng": 0,
                 "learning_rate": 0, "total_steps": 0}
     table, table_rows = (frozen_feature_table(spec, encoded, optim.eval_batch_size)
                          if shared and cfg.model.frozen_layers else (None, None))
-    trainable_init = {k: np.stack([s.initial[k] for s in specs]) for k in sorted(spec.trainable_keys)}
-    frozen_init = {k: spec.initial[k] if shared else np.stack([s.initial[k] for s in specs]) for k in frozen_keys}
+    trainable_init = {k: np.stack([t[k] for t in trainable]) for k in sorted(spec.trainable_keys)}
+    frozen_init = {k: spec.initial[k] if shared else np.stack([(f or spec.initial)[k] for f in frozen])
+                   for k in frozen_keys}
+    del trainable, frozen
 
     # The run axis is sharded over `data` when it divides evenly, else runs are replicated
     # (and the batch inside each run takes the data axis instead).
