@@ -35,7 +35,7 @@ def get_config() -> StudyConfig:
             # of TREC questions and every 32-token completion.
             model=ModelConfig(max_length=32, frozen_layers=4, compute_dtype="bfloat16"),
             optim=OptimConfig(steps=60, batch_size=16, learning_rate=5e-4, warmup_fraction=0.1,
-                              eval_batch_size=256),
+                              eval_batch_size=64),  # 28 vmapped runs evaluate each batch at once
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False, progress=True),
         ),
