@@ -43,6 +43,12 @@ def test_only_response_tokens_are_targets(tiny_lm):
     assert tokenizer.decode(targets[:-1]) == response and targets[-1] == tokenizer.eos_token_ids[0]
     assert encoded.loss_mask[0, : len(prompt_ids)].sum() == 0
     assert encoded.attention_mask[0].sum() == len(prompt_ids) + len(targets)
+    system = [{"role": "system", "content": "Be brief."}]
+    with_system = encode_pairs(tokenizer, [(prompt, response)], 80, system_prompt="Be brief.")
+    system_ids = tokenizer.encode_chat(system + [{"role": "user", "content": prompt}])
+    np.testing.assert_array_equal(with_system.input_ids[0, : len(system_ids)], system_ids)
+    assert with_system.loss_mask[0, : len(system_ids)].sum() == 0
+    np.testing.assert_array_equal(with_system.input_ids[0][with_system.loss_mask[0] == 1], targets)
     with pytest.raises(DataError, match="row 0: the prompt alone"):
         encode_pairs(tokenizer, [(prompt, response)], 8)
     with pytest.raises(DataError, match="row 1 needs non-blank"):
