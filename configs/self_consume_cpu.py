@@ -29,8 +29,8 @@ def get_config() -> SelfConsumeConfig:
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
         train=TrainJobConfig(
-            model=ModelConfig(max_length=48, frozen_layers=4),
-            optim=OptimConfig(steps=60, batch_size=16, learning_rate=2e-4, warmup_fraction=0.1,
+            model=ModelConfig(max_length=32, frozen_layers=4),  # TREC questions: ~15 tokens
+            optim=OptimConfig(steps=40, batch_size=16, learning_rate=3e-4, warmup_fraction=0.1,
                               eval_batch_size=256),
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False),
@@ -40,7 +40,7 @@ def get_config() -> SelfConsumeConfig:
             # the top 6 of 30 layers train (a CPU step of the whole model is ~3x slower); prompts
             # (system turn + one few-shot example) are 75-110 tokens, questions ~15
             model=LMModelConfig(max_length=128, frozen_layers=24),
-            optim=OptimConfig(steps=24, batch_size=4, learning_rate=1e-4, warmup_fraction=0.1,
+            optim=OptimConfig(steps=20, batch_size=4, learning_rate=1e-4, warmup_fraction=0.1,
                               decay="cosine", weight_decay=0.0, eval_batch_size=32),
             checkpoint=CheckpointConfig(every=0, keep=1, async_save=False),
             log=LogConfig(every=4, tensorboard=False),
