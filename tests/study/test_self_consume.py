@@ -150,7 +150,7 @@ def experiment(tmp_path_factory, trec_task):
 
 @pytest.mark.slow
 def test_every_chain_round_and_seed_is_reported(experiment):
-    cfg, workdir, report = experiment
+    _, workdir, report = experiment
     frame = pd.read_parquet(workdir / "results.parquet")
     assert len(frame) == 2 * 2 * 2  # chains x rounds x seeds
     assert set(zip(frame["chain"], frame["round"], frame["seed"])) == {
@@ -181,7 +181,7 @@ def test_round_one_generates_with_the_fine_tuned_generator(experiment, smollm2_g
     from jaxdiv.data.pool import Pool
     from jaxdiv.models.llama import read_gguf_weights, weights_hash
 
-    cfg, workdir, _ = experiment
+    _, workdir, _ = experiment
     _, base = read_gguf_weights(smollm2_gguf)
     frame = pd.read_parquet(workdir / "results.parquet")
     for chain in ("replace", "mix_real"):
