@@ -6,26 +6,31 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from jaxdiv.cli.common import add_override_argument
+
+DESCRIPTION = (
+    "Runs the experiment the config file's get_config() returns.",
+    "StudyConfig (configs/demo.py, configs/study_full.py): generates one synthetic pool per diversity "
+    "level, scores every pool and every training set, mixes synthetic with real labelled rows at each "
+    "proportion and label budget, fine-tunes a classifier per cell (vmapped in groups), and writes "
+    "results.parquet/.csv, pools.parquet/.csv and report/ in the study directory.",
+    "SelfConsumeConfig (configs/self_consume_cpu.py, configs/self_consume_gpu.py): per chain (replace: "
+    "the generator trains on its own output only; mix_real: plus real rows) and round t, generates a "
+    "pool with G_t, scores it, trains classifiers on it, and fine-tunes G_t on it into G_(t+1); writes "
+    "generators/ (each G_t as an HF checkpoint), results.parquet/.csv (one row per chain x round x "
+    "seed) and report/ with every metric across rounds.",
+    "Everything is cached by content hash: a re-run only re-reports, new grid values or rounds "
+    "compute only what is new, and a killed run resumes.",
+)
 
 
 def register(sub, formatter) -> None:
     parser = sub.add_parser(
         "run", formatter_class=formatter,
         help="run a whole experiment: the diversity study, or the self-consumption rounds",
-        description="Runs the experiment the config file's get_config() returns.\n\n"
-                    "StudyConfig (configs/demo.py, configs/study_full.py): generates one synthetic pool "
-                    "per diversity level, scores every pool and every training set, mixes synthetic with "
-                    "real labelled rows at each proportion and label budget, fine-tunes a classifier per "
-                    "cell (vmapped in groups), and writes results.parquet/.csv, pools.parquet/.csv and "
-                    "report/ in the study directory.\n\n"
-                    "SelfConsumeConfig (configs/self_consume_cpu.py, configs/self_consume_gpu.py): per "
-                    "chain (replace: the generator trains on its own output only; mix_real: plus real "
-                    "rows) and round t, generates a pool with G_t, scores it, trains classifiers on it, "
-                    "and fine-tunes G_t on it into G_(t+1); writes results.parquet/.csv (one row per "
-                    "chain x round x seed) and report/ with every metric across rounds.\n\n"
-                    "Everything is cached by content hash: a re-run only re-reports, new grid values or "
-                    "rounds compute only what is new, and a killed run resumes.")
+        description="\n\n".join(textwrap.fill(paragraph, 88) for paragraph in DESCRIPTION))
     parser.add_argument("config", nargs="?", default="configs/demo.py",
                         help="a config file exposing get_config() (a StudyConfig or a SelfConsumeConfig)")
     add_override_argument(parser)
