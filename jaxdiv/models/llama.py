@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,9 @@ from flax import nnx
 
 from jaxdiv import sharding as shd
 from jaxdiv.errors import JaxdivError
+
+if TYPE_CHECKING:  # the tokenizer module imports this one
+    from jaxdiv.models.tokenizer import ChatTokenizer
 
 
 class CheckpointError(JaxdivError, ValueError):
@@ -273,9 +276,10 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------
 # Building a model from HF-named weights (both GGUF and safetensors go through here).
 
-def _hf_key(path: tuple) -> tuple[str, bool]:
-    """HF state-dict key of an NNX param path, and whether the array is transposed there."""
-    *module, leaf = (str(p) for p in path)
+def _hf_key(path: tuple | str) -> tuple[str, bool]:
+    """HF state-dict key of an NNX param path (a tuple, or "layers/0/mlp/up_proj/kernel"), and
+    whether the array is transposed there. Loading and saving both map through it."""
+    *module, leaf = path.split("/") if isinstance(path, str) else (str(p) for p in path)
     if module == ["embed_tokens"]:
         return "model.embed_tokens.weight", False
     if module == ["lm_head"]:
@@ -502,6 +506,83 @@ def resolve_checkpoint(source: str | Path) -> Path:
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return ggufs[0]
     return path
+
+
+# ---------------------------------------------------------------------------
+# Writing HF checkpoints (a fine-tuned model that transformers and `load_pretrained` both read).
+
+def hf_weights(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """HF-named float32 arrays ((out, in) linear weights) of flat NNX params {"a/b/kernel": array}."""
+    weights = {}
+    for path, value in params.items():
+        key, transposed = _hf_key(path)
+        array = np.asarray(value, np.float32)
+        weights[key] = np.ascontiguousarray(array.T if transposed else array)
+    return weights
+
+
+def hf_config_dict(cfg: LlamaConfig) -> dict:
+    """config.json for `cfg`: every field `hf_config` reads, in transformers' names. Q/K/V
+    biases without an o_proj bias are Qwen2's layout (a Llama with attention_bias biases o_proj too)."""
+    model_type = "qwen2" if cfg.attention_bias else "llama"
+    eos = list(cfg.eos_token_ids)
+    return {
+        "architectures": ["Qwen2ForCausalLM" if cfg.attention_bias else "LlamaForCausalLM"],
+        "model_type": model_type, "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim, "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings, "max_position_embeddings": cfg.max_position_embeddings,
+        **({} if cfg.attention_bias else {"attention_bias": False, "mlp_bias": False}),
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+        "pad_token_id": cfg.pad_token_id, "torch_dtype": "float32", "dtype": "float32",
+    }
+
+
+def save_hf_checkpoint(params: "Mapping[str, np.ndarray] | Llama", cfg: LlamaConfig,
+                       tokenizer: "ChatTokenizer", directory: str | Path) -> Path:
+    """Write an HF Llama (or Qwen2) checkpoint dir, atomically: model.safetensors (float32; an
+    SFT update is far below bf16's resolution), config.json, generation_config.json,
+    tokenizer.json and tokenizer_config.json (chat template, special tokens). Both
+    `load_pretrained(directory)` and transformers' Auto classes read it. `params`: a `Llama`, or
+    its flat params {"layers/0/mlp/up_proj/kernel": array} (what `train_sft` returns)."""
+    from safetensors.numpy import save_file
+
+    from jaxdiv.io import atomic_path
+
+    if isinstance(params, nnx.Module):
+        params = {"/".join(map(str, path)): v.get_value()
+                  for path, v in nnx.to_flat_state(nnx.state(params, nnx.Param))}
+    weights = hf_weights(params)
+    expected = {_hf_key(path)[0] for path, _ in nnx.to_flat_state(nnx.state(nnx.eval_shape(
+        lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param))}
+    if set(weights) != expected:
+        raise CheckpointError(f"save_hf_checkpoint({directory}): params do not match the architecture "
+                              f"(missing {sorted(expected - set(weights))[:4]}, "
+                              f"extra {sorted(set(weights) - expected)[:4]})")
+
+    def token(token_id):
+        return None if token_id is None else tokenizer.tokenizer.id_to_token(token_id)
+
+    eos = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": tokenizer.chat_template,
+        "bos_token": token(tokenizer.bos_token_id), "eos_token": token(eos),
+        "pad_token": token(tokenizer.pad_token_id), "add_bos_token": False, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_position_embeddings,
+    }
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids) or None,
+                  "pad_token_id": cfg.pad_token_id}
+    directory = Path(directory)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        tokenizer.tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return directory
 
 
 def load_pretrained(source: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,

@@ -113,3 +113,30 @@ def metric_scatter(frame: pd.DataFrame, x: str, path: Path, metric: str = "accur
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path), trend
+
+
+def metric_by_round(frame: pd.DataFrame, panels: list[tuple[str, str]], path: Path, title: str) -> Path:
+    """One panel per (column, axis label): the column against the round, one line per chain.
+    Error bars: the column's own interval (`<column>_ci_low` / `_ci_high`, e.g. a pool metric's
+    half-sample CI) where the table has one, else a 95% t-interval over the rows of the round (seeds)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    rounds = sorted(frame["round"].unique())
+    for ax, (column, label) in zip(axes[0], panels):
+        for chain, group in frame.groupby("chain", sort=False):
+            by_round = group.groupby("round")
+            if f"{column}_ci_low" in group:
+                first = by_round.first()
+                means = first[column].to_numpy(float)
+                errors = np.abs([means - first[f"{column}_ci_low"].to_numpy(float),
+                                 first[f"{column}_ci_high"].to_numpy(float) - means])
+            else:
+                stats = np.array([mean_ci(values) for _, values in by_round[column]])
+                means, errors = stats[:, 0], stats[:, 1]
+            ax.errorbar(list(by_round.groups), means, yerr=errors, marker="o", capsize=3, label=chain)
+        ax.set_xticks(rounds)
+        ax.set_xlabel("round t (pool of generator G_t)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -9,7 +9,7 @@ from jaxdiv.data.tasks import TaskConfig
 from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.mix.config import MixConfig
 from jaxdiv.score.config import ScoreConfig
-from jaxdiv.train.config import TrainJobConfig
+from jaxdiv.train.config import SFTJobConfig, TrainJobConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,4 +67,76 @@ class StudyConfig:
             for key in keys:
                 if getattr(stage, key) != getattr(default, key):
                     raise ConfigError(f"{name}.{key}: set by the study (from task, grid.pool_rows, "
+                                      f"workdir or seed); leave it at its default")
+
+
+# ---------------------------------------------------------------------------
+# The iterative self-consumption (model-collapse) experiment: `jaxdiv run` on a SelfConsumeConfig.
+
+CHAINS = ("replace", "mix_real")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainsConfig:
+    """Rounds and chains: round t generates a pool with G_t; G_{t+1} is G_t fine-tuned on it."""
+
+    rounds: int = param(3, ge=1, help="rounds t = 0..rounds-1 (G_0: generate.jax.model; the last "
+                                      "round's pool is scored and trained on but not fine-tuned on)")
+    chains: tuple[str, ...] = param(CHAINS, help="replace: G_{t+1} = G_t fine-tuned on its own accepted "
+                                                 "round-t rows only; mix_real: plus real training rows "
+                                                 "(real_fraction of the SFT rows)")
+    real_fraction: float = param(0.5, ge=0.0, lt=1.0, help="mix_real: share of each round's SFT rows that "
+                                 "are real training rows, written as completions of the round's prompts")
+    real_in_classifier: bool = param(False, help="mix_real: also add those real rows to the round's "
+                                                 "classifier training set (false: synthetic rows only)")
+    pool_rows: int = param(96, ge=2, help="rows generated per round and chain (accepted + rejected)")
+    seeds: tuple[int, ...] = param((0, 1), help="classifier training seeds, trained together (vmapped)")
+    sft_eval_rows: int = param(32, ge=1, help="real validation rows, written as completions of round-0 "
+                               "prompts: the SFT's held-out loss, the same set in every round and chain")
+
+    def check(self) -> None:
+        if not self.chains or len(set(self.chains)) != len(self.chains):
+            raise ConfigError(f"chains: needs distinct values from {CHAINS}, got {self.chains}")
+        if unknown := [c for c in self.chains if c not in CHAINS]:
+            raise ConfigError(f"chains: unknown {unknown} (known: {CHAINS})")
+        if not self.seeds:
+            raise ConfigError("seeds: needs at least one value")
+
+
+# Keys the experiment sets itself (per round or from task/workdir/seed); leave them at default.
+SELF_CONSUME_OWNED = {
+    "generate": ("task", "workdir", "n", "seed", "backend"),
+    "score": ("task", "real", "workdir"),
+    "train": ("task", "workdir", "seed"),
+    "sft": ("workdir", "seed"),
+    "sft.model": ("checkpoint", "pretrained"),
+    "sft.data": ("path", "system_prompt"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfConsumeConfig:
+    """`jaxdiv run` of the self-consumption experiment: per chain and round, generate a pool with
+    G_t, score it, train classifiers on it, and fine-tune G_t on it into G_{t+1}."""
+
+    task: TaskConfig = section(TaskConfig)
+    generate: GenerateConfig = section(GenerateConfig)
+    score: ScoreConfig = section(ScoreConfig)
+    train: TrainJobConfig = section(TrainJobConfig)
+    sft: SFTJobConfig = section(SFTJobConfig)
+    chains: ChainsConfig = section(ChainsConfig)
+    workdir: str = param("runs/self_consume", help="the experiment directory: generators, pools, "
+                                                   "cells, results, report")
+    seed: int = param(0, help="generation and SFT seed: every round plans the same prompts with the "
+                              "same row seeds, so rounds differ only by their generator")
+
+    def check(self) -> None:
+        for name, keys in SELF_CONSUME_OWNED.items():
+            stage = self
+            for part in name.split("."):
+                stage = getattr(stage, part)
+            default = type(stage)()
+            for key in keys:
+                if getattr(stage, key) != getattr(default, key):
+                    raise ConfigError(f"{name}.{key}: set by the experiment (per round, or from task, "
                                       f"workdir or seed); leave it at its default")

@@ -91,7 +91,8 @@ def _make_backend(cfg: StudyConfig):
 # Score: pools and training sets, through one lazily loaded embedder.
 
 class Scorer:
-    """Scores row sets against the real task, caching each report under the study directory."""
+    """Scores row sets against the real task, caching each report under the study directory.
+    `cfg`: any job config with `task` and `score` sections (a StudyConfig, a SelfConsumeConfig)."""
 
     def __init__(self, cfg: StudyConfig, task: Task, workdir: Path):
         self.cfg = dataclasses.replace(cfg.score, task=cfg.task)

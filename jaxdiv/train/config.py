@@ -122,6 +122,8 @@ class SFTDataConfig:
     response_column: str = param("response", help="the column holding the response")
     eval_fraction: float = param(0.1, ge=0.0, lt=1.0, help="share of rows held out (hash split) for eval loss")
     chat_template: bool = param(True, help="wrap the prompt as a user turn of the model's chat template")
+    system_prompt: str = param("", help="chat_template only: a system turn before every prompt "
+                                        "(empty: none)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +139,8 @@ class LMModelConfig:
     intermediate_size: int = param(0, ge=0, help="random init only: MLP width (0: the checkpoint's)")
     num_heads: int = param(0, ge=0, help="random init only: query heads (0: the checkpoint's)")
     num_kv_heads: int = param(0, ge=0, help="random init only: key/value heads (0: the checkpoint's)")
+    frozen_layers: int = param(0, ge=0, help="freeze the token embeddings (with a tied LM head, the head "
+                                             "too) and this many bottom layers (0: train everything)")
     max_length: int = param(256, ge=8, help="tokens per example, prompt + response (longer rows are cut)")
     compute_dtype: Literal["float32", "bfloat16"] = param(
         "float32", help="matmul dtype; params and optimizer state stay float32")

@@ -4,7 +4,7 @@
     result = train_sft(cfg, rows, eval_rows, workdir)   # rows: [{"prompt", "response"}, ...]
 
 Each pair becomes `chat(prompt) + response + EOS` (the prompt wrapped as a user turn of the
-model's chat template, ending with the assistant header), cut to `model.max_length` and
+model's chat template after an optional `data.system_prompt` turn, ending with the assistant header), cut to `model.max_length` and
 right-padded. Only positions predicting a response token (or the EOS) count in the loss. The
 loop, sharding, checkpoints and resume are those of `jaxdiv.train.loop.fit`.
 """
@@ -70,14 +70,15 @@ def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, chat_template: bool = True
-                 ) -> EncodedPairs:
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, chat_template: bool = True,
+                 system_prompt: str = "") -> EncodedPairs:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     eos = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
     ids = np.full((len(pairs), max_length), pad, np.int32)
     mask, loss_mask = np.zeros_like(ids), np.zeros_like(ids)
     for row, (prompt, response) in enumerate(pairs):
-        prompt_ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if chat_template
+        prompt_ids = (tokenizer.encode_chat(system + [{"role": "user", "content": prompt}]) if chat_template
                       else tokenizer.encode(prompt))
         response_ids = tokenizer.encode(response) + ([eos] if eos is not None else [])
         if len(prompt_ids) >= max_length:
@@ -99,15 +100,29 @@ def split_pairs(pairs: list[tuple[str, str]], fraction: float, seed: int) -> tup
     return [p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h]
 
 
+def lm_trainable(frozen_layers: int):
+    """Whether the decoder param at a state path trains: all of them, or (frozen_layers > 0) none of
+    the token embeddings and of the bottom `frozen_layers` layers. Gradients then stop above them."""
+    def trainable(path) -> bool:
+        if frozen_layers == 0 or path[0] not in ("embed_tokens", "layers"):
+            return True
+        return path[0] == "layers" and int(path[1]) >= frozen_layers
+    return trainable
+
+
 def build_lm(cfg: LMModelConfig, seed: int):
     """(ModelSpec, ChatTokenizer) of the decoder: pretrained weights or a seeded random init."""
     from jaxdiv.models import llama
     from jaxdiv.models.tokenizer import ChatTokenizer
 
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    trainable = lm_trainable(cfg.frozen_layers)
     if cfg.pretrained:
         model, tokenizer = llama.load_pretrained(cfg.checkpoint, dtype=dtype)
-        return spec_of(model, model.cfg), tokenizer
+        if cfg.frozen_layers > model.cfg.num_layers:
+            raise configlib.ConfigError(f"model.frozen_layers={cfg.frozen_layers}: {cfg.checkpoint} has "
+                                        f"{model.cfg.num_layers} layers")
+        return spec_of(model, model.cfg, trainable), tokenizer
     path = llama.resolve_checkpoint(cfg.checkpoint)
     if path.suffix == ".gguf":
         import gguf
@@ -124,7 +139,7 @@ def build_lm(cfg: LMModelConfig, seed: int):
         overrides["head_dim"] = hidden // overrides.get("num_heads", arch.num_heads)
     arch = dataclasses.replace(arch, **overrides)
     model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype)
-    return spec_of(model, arch), tokenizer
+    return spec_of(model, arch, trainable), tokenizer
 
 
 def _token_losses(spec: ModelSpec, params, batch) -> tuple[jax.Array, jax.Array]:
@@ -155,8 +170,9 @@ def llama_train_flops(cfg, batch: int, length: int) -> float:
 def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdir: str | Path | None = None
               ) -> dict[str, Any]:
     """Fine-tune; returns {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train
-    metrics, "params": final params (host)}. Without eval_rows, data.eval_fraction of the rows
-    is held out."""
+    metrics, "params": final params (host), "architecture": the LlamaConfig, "tokenizer": the
+    ChatTokenizer} (the last three are what `llama.save_hf_checkpoint` takes). Without eval_rows,
+    data.eval_fraction of the rows is held out."""
     initialize(cfg.distributed)
     workdir = Path(workdir or cfg.workdir)
     if jax.process_index() == 0:
@@ -169,7 +185,8 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
     else:
         eval_pairs = read_pairs(eval_rows, cfg)
     spec, tokenizer = build_lm(cfg.model, cfg.seed)
-    encode = lambda p: encode_pairs(tokenizer, p, cfg.model.max_length, cfg.data.chat_template)
+    encode = lambda p: encode_pairs(tokenizer, p, cfg.model.max_length, cfg.data.chat_template,
+                                    cfg.data.system_prompt)
     train, evals = encode(pairs), encode(eval_pairs) if eval_pairs else None
     results: dict[str, Any] = {}
     compiled: dict[str, Any] = {}
@@ -201,4 +218,5 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
     results["params"] = to_host({**fitted.state["trainable"], **fitted.state["frozen"]})
+    results.update(architecture=spec.config, tokenizer=tokenizer)
     return results

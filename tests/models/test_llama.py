@@ -222,3 +222,56 @@ def test_safetensors_checkpoint_matches_transformers(tmp_path, model_type, smoll
     with torch.no_grad():
         expected = ref(torch.tensor(ids)).logits.numpy()
     assert _rel_err(model(jnp.asarray(ids)), expected) <= 1e-4
+
+
+# ---------------------------------------------------------------------------
+# Writing HF checkpoints: jaxdiv -> safetensors dir -> jaxdiv / transformers.
+
+def test_saved_hf_checkpoint_reloads_with_identical_logits_and_chat_ids(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    directory = llama.save_hf_checkpoint(model, model.cfg, tokenizer, tmp_path / "smollm2-hf")
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    reloaded, reloaded_tokenizer = llama.load_pretrained(directory)
+    assert reloaded.cfg == model.cfg
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river?"}]
+    ids = tokenizer.encode_chat(messages)
+    assert reloaded_tokenizer.encode_chat(messages) == ids
+    assert (reloaded_tokenizer.eos_token_ids, reloaded_tokenizer.bos_token_id) == (
+        tokenizer.eos_token_ids, tokenizer.bos_token_id)
+    forward = nnx.jit(lambda m, x: m(x))
+    np.testing.assert_array_equal(forward(reloaded, jnp.asarray([ids])), forward(model, jnp.asarray([ids])))
+
+
+def test_saved_tiny_qwen2_layout_round_trips(smollm2_gguf, tmp_path):
+    """Q/K/V biases and an untied LM head (TINY) are written as Qwen2 and read back exactly."""
+    model = _tiny_model(3)
+    tokenizer = ChatTokenizer.from_gguf(smollm2_gguf)
+    directory = llama.save_hf_checkpoint(model, TINY, tokenizer, tmp_path / "tiny")
+    assert json.loads((directory / "config.json").read_text())["model_type"] == "qwen2"
+    reloaded, _ = llama.load_pretrained(directory)
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, TINY.vocab_size, (2, 7)))
+    np.testing.assert_array_equal(reloaded(tokens), model(tokens))
+    with pytest.raises(llama.CheckpointError, match="missing .*input_layernorm"):
+        llama.save_hf_checkpoint({"embed_tokens/embedding": np.zeros((96, 64))}, TINY, tokenizer, tmp_path / "x")
+
+
+@pytest.mark.torch
+def test_transformers_loads_the_saved_checkpoint(smollm2, tmp_path):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    model, tokenizer = smollm2
+    directory = llama.save_hf_checkpoint(model, model.cfg, tokenizer, tmp_path / "smollm2-hf")
+    ref_model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    ref_tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    from tests.models.make_reference import chat_ids
+
+    messages = [{"role": "user", "content": "List three prime numbers and explain why."}]
+    ids = chat_ids(ref_tokenizer, messages)
+    assert tokenizer.encode_chat(messages) == ids
+    assert ref_tokenizer.eos_token_id == tokenizer.eos_token_ids[0]
+    with torch.no_grad():
+        expected = ref_model(torch.tensor([ids])).logits[0].numpy()
+    assert _rel_err(nnx.jit(lambda m, x: m(x))(model, jnp.asarray([ids]))[0], expected) <= 1e-3

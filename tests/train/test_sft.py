@@ -11,7 +11,7 @@ import pytest
 from jaxdiv.configlib import apply_overrides
 from jaxdiv.train.config import SFTJobConfig
 from jaxdiv.train.data import DataError
-from jaxdiv.train.sft import build_lm, encode_pairs, lm_loss, read_pairs, train_sft
+from jaxdiv.train.sft import build_lm, encode_pairs, lm_loss, lm_trainable, read_pairs, train_sft
 
 TINY_LM = ["model.pretrained=false", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4",
            "model.num_kv_heads=2", "model.intermediate_size=128", "model.max_length=48",
@@ -43,6 +43,12 @@ def test_only_response_tokens_are_targets(tiny_lm):
     assert tokenizer.decode(targets[:-1]) == response and targets[-1] == tokenizer.eos_token_ids[0]
     assert encoded.loss_mask[0, : len(prompt_ids)].sum() == 0
     assert encoded.attention_mask[0].sum() == len(prompt_ids) + len(targets)
+    system = [{"role": "system", "content": "Be brief."}]
+    with_system = encode_pairs(tokenizer, [(prompt, response)], 80, system_prompt="Be brief.")
+    system_ids = tokenizer.encode_chat(system + [{"role": "user", "content": prompt}])
+    np.testing.assert_array_equal(with_system.input_ids[0, : len(system_ids)], system_ids)
+    assert with_system.loss_mask[0, : len(system_ids)].sum() == 0
+    np.testing.assert_array_equal(with_system.input_ids[0][with_system.loss_mask[0] == 1], targets)
     with pytest.raises(DataError, match="row 0: the prompt alone"):
         encode_pairs(tokenizer, [(prompt, response)], 8)
     with pytest.raises(DataError, match="row 1 needs non-blank"):
@@ -79,3 +85,22 @@ def test_sft_run_learns_the_responses(tiny_lm, pairs, smollm2_gguf, tmp_path):
     assert result["eval"]["perplexity"] == pytest.approx(np.exp(result["eval"]["loss"]))
     assert result["eval"]["loss"] < np.log(49152) - 2.0
     assert json.loads((tmp_path / "results.json").read_text())["eval"] == result["eval"]
+    # the fine-tuned model saves as an HF checkpoint that loads back with the trained weights
+    from jaxdiv.models.llama import load_pretrained, save_hf_checkpoint
+
+    directory = save_hf_checkpoint(result["params"], result["architecture"], result["tokenizer"], tmp_path / "hf")
+    reloaded, tokenizer = load_pretrained(directory)
+    ids = np.asarray([tokenizer.encode(pairs[0]["prompt"])])
+    spec, _ = build_lm(cfg.model, cfg.seed)
+    np.testing.assert_array_equal(reloaded(ids), spec.apply(result["params"])(ids))
+
+
+def test_frozen_layers_train_only_the_top_of_the_decoder(tiny_lm):
+    from jaxdiv.train.state import _path
+
+    _, spec, _ = tiny_lm
+    assert spec.trainable_keys == set(spec.initial)  # frozen_layers=0: everything trains
+    trainable = lm_trainable(1)
+    frozen = {k for k in spec.initial if not trainable(_path(k))}
+    assert frozen == {"embed_tokens/embedding"} | {k for k in spec.initial if k.startswith("layers/0/")}
+    assert trainable(_path("norm/scale")) and trainable(_path("layers/1/mlp/up_proj/kernel"))

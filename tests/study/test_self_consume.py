@@ -1,0 +1,212 @@
+"""The self-consumption experiment: its pieces (config, cache keys, real rows written as
+completions, plots, `jaxdiv run` dispatch) by default, and a tiny end-to-end run of the real
+components (SmolLM2 generator fine-tuned for real, MiniLM embedder, TREC) in the slow tier."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxdiv.configlib import ConfigError, apply_overrides, load_config
+from jaxdiv.study import self_consume as sc
+from jaxdiv.study.config import SelfConsumeConfig
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def tiny_overrides(workdir: Path) -> list[str]:
+    """2 rounds x both chains, 12-row pools of 16-token questions, 2 SFT steps of the top 2 layers,
+    a 1-layer classifier: the real components at their smallest useful size."""
+    return [
+        f"workdir={workdir}", "chains.rounds=2", "chains.pool_rows=12", "chains.seeds=0,1",
+        "chains.sft_eval_rows=4", "generate.sampling.max_new_tokens=16", "generate.jax.batch_buckets=(12,)",
+        "generate.chunk_rows=12", "score.bootstrap.samples=2", "score.quality.classifier_steps=20",
+        "train.model.pretrained=false", "train.model.num_hidden_layers=1", "train.model.hidden_size=32",
+        "train.model.num_attention_heads=2", "train.model.intermediate_size=64", "train.model.frozen_layers=0",
+        "train.model.max_length=32", "train.optim.steps=3", "train.optim.batch_size=8",
+        "train.optim.eval_batch_size=128", "train.log.progress=false",
+        "sft.optim.steps=2", "sft.optim.batch_size=8", "sft.optim.eval_batch_size=8", "sft.model.frozen_layers=28",
+        "sft.log.progress=false", "sft.mesh.data=1", "sft.mesh.fsdp=8",  # one sharded copy, not 8 replicas
+    ]
+
+
+def prompt_rows(task, per_label: int = 2) -> list[dict]:
+    """Pool-like rows: a prompt per label, each showing one real training row as its few-shot example."""
+    train = task.splits["train"]
+    rows = []
+    for label, name in enumerate(task.label_names):
+        shown = [i for i, y in enumerate(train["label"]) if y == label][:per_label]
+        rows += [{"prompt": f"write a {name} question ({k})", "intended_label": name,
+                  "few_shot_ids": [train["id"][i]]} for k, i in enumerate(shown)]
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Pieces (default tier).
+
+def test_configs_load_and_owned_keys_are_errors():
+    for name in ("self_consume_cpu.py", "self_consume_gpu.py"):
+        cfg = load_config(CONFIGS / name)
+        assert isinstance(cfg, SelfConsumeConfig) and set(cfg.chains.chains) == {"replace", "mix_real"}
+    gpu = load_config(CONFIGS / "self_consume_gpu.py")
+    assert gpu.sft.model.frozen_layers == 0 and gpu.sft.model.compute_dtype == "bfloat16"
+    assert gpu.chains.pool_rows >= 1000 and gpu.chains.rounds > load_config(CONFIGS / "self_consume_cpu.py").chains.rounds
+    with pytest.raises(ConfigError, match="sft.model.checkpoint: set by the experiment"):
+        apply_overrides(SelfConsumeConfig(), ["sft.model.checkpoint=other.gguf"])
+    with pytest.raises(ConfigError, match="generate.n: set by the experiment"):
+        apply_overrides(SelfConsumeConfig(), ["generate.n=5"])
+    with pytest.raises(ConfigError, match=r"chains.chains: unknown \['fresh'\]"):
+        apply_overrides(SelfConsumeConfig(), ["chains.chains=replace,fresh"])
+
+
+def test_real_rows_become_completions_of_prompts_for_their_label(trec_task):
+    rows = prompt_rows(trec_task)
+    draw = lambda seed, count: sc.real_completions(trec_task, "train", rows, count,
+                                                    np.random.default_rng(seed), "test")
+    pairs = draw(0, 40)
+    assert len(pairs) == 40 and len({p["id"] for p in pairs}) == 40
+    by_prompt = {r["prompt"]: r for r in rows}
+    ids = trec_task.splits["train"]["id"]
+    texts = dict(zip(ids, trec_task.splits["train"]["text"]))
+    for pair in pairs:
+        source = by_prompt[pair["prompt"]]
+        assert source["intended_label"] == trec_task.label_names[pair["label"]]  # a prompt for its label
+        assert pair["id"] not in source["few_shot_ids"]  # that does not show it
+        assert pair["response"] == texts[pair["id"]]
+    assert draw(0, 40) == pairs and draw(1, 40) != pairs  # seeded
+    with pytest.raises(sc.SelfConsumeError, match="no prompt asking for label 'NUM'"):
+        sc.real_completions(trec_task, "train", [r for r in rows if r["intended_label"] != "NUM"], 200,
+                            np.random.default_rng(0), "round 3")
+    with pytest.raises(sc.SelfConsumeError, match="needs 100000 real train rows"):
+        draw(0, 100_000)
+
+
+def test_cache_keys_chain_through_generators_and_ignore_places(tmp_path):
+    cfg = apply_overrides(SelfConsumeConfig(), [f"workdir={tmp_path}"])
+    g0 = sc.base_generator(cfg)
+    assert g0.path.suffix == ".gguf" and g0.round == 0
+    pool = sc.RoundPool(sc.pool_key(cfg, g0), None, [], float("nan"))
+    key = sc.generator_key(cfg, "replace", g0, pool)
+    # where things run and how they log do not change results
+    moved = apply_overrides(cfg, ["workdir=/elsewhere", "sft.log.progress=false", "sft.checkpoint.every=7"])
+    assert sc.pool_key(moved, g0) == pool.key and sc.generator_key(moved, "replace", g0, pool) == key
+    # everything a generator depends on does: its chain, its parent, its data, the SFT settings
+    assert sc.generator_key(cfg, "mix_real", g0, pool) != key
+    other_parent = sc.Generator(1, "another-lineage", tmp_path / "g1")
+    assert sc.generator_key(cfg, "replace", other_parent, pool) != key
+    assert sc.pool_key(cfg, other_parent) != pool.key
+    assert sc.generator_key(apply_overrides(cfg, ["sft.optim.learning_rate=1e-3"]), "replace", g0, pool) != key
+    mixed = sc.generator_key(cfg, "mix_real", g0, pool)
+    assert sc.generator_key(apply_overrides(cfg, ["chains.real_fraction=0.25"]), "mix_real", g0, pool) != mixed
+    assert sc.generator_key(apply_overrides(cfg, ["chains.real_fraction=0.25"]), "replace", g0, pool) == key
+    assert sc.pool_key(apply_overrides(cfg, ["generate.sampling.temperature=0.3"]), g0) != pool.key
+
+
+def test_metric_by_round_plots_a_line_per_chain(tmp_path):
+    from jaxdiv.report import plots
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame([{"chain": chain, "round": r, "seed": s, "accuracy": 0.6 - 0.1 * r * (chain == "replace")
+                           + 0.01 * rng.standard_normal(), "vendi_q1": 5.0 - r, "vendi_q1_ci_low": 4.5 - r,
+                           "vendi_q1_ci_high": 5.2 - r}
+                          for chain in ("replace", "mix_real") for r in range(3) for s in range(3)])
+    path = plots.metric_by_round(frame, [("vendi_q1", "Vendi"), ("accuracy", "accuracy")], tmp_path / "p.png", "t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_dispatches_on_the_config_type(tmp_path, capsys):
+    from jaxdiv.cli import main
+
+    config = tmp_path / "train_only.py"
+    config.write_text("from jaxdiv.train.config import TrainJobConfig\n\ndef get_config():\n"
+                      "    return TrainJobConfig()\n")
+    assert main(["run", str(config)]) == 2
+    assert "returned a TrainJobConfig; `jaxdiv run` takes a StudyConfig or a SelfConsumeConfig" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "SelfConsumeConfig" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# End to end (slow tier: ~8 minutes on a shared 2-core CPU, most of it the SmolLM2 SFT programs).
+
+def snapshot(workdir: Path) -> dict[str, int]:
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns
+            for sub in ("pools", "scores", "cells", "generators", "sft") for p in (workdir / sub).rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, trec_task):
+    workdir = tmp_path_factory.mktemp("self_consume") / "tiny"
+    cfg = load_config(CONFIGS / "self_consume_cpu.py", tiny_overrides(workdir))
+    report = sc.run_self_consumption(cfg, progress=False)
+    return cfg, workdir, report
+
+
+@pytest.mark.slow
+def test_every_chain_round_and_seed_is_reported(experiment):
+    _, workdir, report = experiment
+    frame = pd.read_parquet(workdir / "results.parquet")
+    assert len(frame) == 2 * 2 * 2  # chains x rounds x seeds
+    assert set(zip(frame["chain"], frame["round"], frame["seed"])) == {
+        (c, r, s) for c in ("replace", "mix_real") for r in (0, 1) for s in (0, 1)}
+    for column in ("vendi_q1", "vendi_q1_ci_low", "distinct_2", "mmd2", "label_fidelity", "accuracy", "macro_f1",
+                   "accept_rate", "train_seconds"):
+        assert np.isfinite(frame[column]).all(), column
+    assert frame["accuracy"].between(0, 1).all() and (frame["vendi_q1"] >= 1).all()
+    first, last = frame[frame["round"] == 0], frame[frame["round"] == 1]
+    assert np.isfinite(first[["sft_train_loss", "sft_heldout_real_loss", "sft_seconds"]]).all().all()
+    assert last["sft_heldout_real_loss"].isna().all()  # the last round is not fine-tuned on
+    # round 0 is shared: one pool, one score, the same classifiers for both chains
+    assert first["pool"].nunique() == 1 and last["pool"].nunique() == 2
+    assert (first.groupby("seed")["accuracy"].nunique() == 1).all()
+    assert (first[first["chain"] == "mix_real"]["sft_real_rows"] == first["accepted"].iloc[0]).all()
+    assert (first[first["chain"] == "replace"]["sft_real_rows"] == 0).all()
+    text = report.read_text()
+    for image in ("diversity.png", "shift.png", "quality.png", "downstream.png", "sft.png"):
+        assert (report.parent / image).read_bytes()[:4] == b"\x89PNG" and image in text
+    assert (workdir / "results.csv").is_file() and json.loads((workdir / "config.json").read_text())[
+        "config_class"] == "SelfConsumeConfig"
+
+
+@pytest.mark.slow
+def test_round_one_generates_with_the_fine_tuned_generator(experiment, smollm2_gguf):
+    from safetensors.numpy import load_file
+
+    from jaxdiv.data.pool import Pool
+    from jaxdiv.models.llama import read_gguf_weights, weights_hash
+
+    _, workdir, _ = experiment
+    _, base = read_gguf_weights(smollm2_gguf)
+    frame = pd.read_parquet(workdir / "results.parquet")
+    for chain in ("replace", "mix_real"):
+        (directory,) = (workdir / "generators").glob(f"G1-{chain}-*")
+        tuned = load_file(directory / "model.safetensors")
+        # SFT moved the top (trainable) layers and left the frozen ones as they were
+        assert not np.array_equal(tuned["model.layers.29.mlp.up_proj.weight"], base["model.layers.29.mlp.up_proj.weight"])
+        np.testing.assert_array_equal(tuned["model.layers.3.mlp.up_proj.weight"], base["model.layers.3.mlp.up_proj.weight"])
+        # ... and round 1's pool was generated by that checkpoint, as its rows record
+        row = frame[(frame["chain"] == chain) & (frame["round"] == 1)].iloc[0]
+        (pool_dir,) = (workdir / "pools").glob(f"round1-{row['pool']}")
+        pool = Pool.open(pool_dir)
+        assert pool.meta["generator"] == f"jax:{directory.name}" == row["generator"]
+        assert pool.meta["weights_hash"] == weights_hash(directory) == row["generator_weights_hash"]
+        assert {r["weights_hash"] for r in pool.rows()} == {weights_hash(directory)}
+    assert set(frame[frame["round"] == 0]["generator_weights_hash"]) == {weights_hash(smollm2_gguf)}
+
+
+@pytest.mark.slow
+def test_rerun_is_served_from_the_cache(experiment):
+    cfg, workdir, _ = experiment
+    before = snapshot(workdir)
+    table = pd.read_parquet(workdir / "results.parquet")
+    started = time.perf_counter()
+    sc.run_self_consumption(cfg, progress=False)
+    assert snapshot(workdir) == before  # nothing regenerated, rescored, retrained or fine-tuned
+    pd.testing.assert_frame_equal(pd.read_parquet(workdir / "results.parquet"), table)
+    assert time.perf_counter() - started < 60
