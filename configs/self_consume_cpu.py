@@ -24,14 +24,15 @@ def get_config() -> SelfConsumeConfig:
         generate=GenerateConfig(
             recipe=RecipeConfig(name="temperature", level=4, few_shot=1),  # temperature 0.9
             sampling=SamplingConfig(top_p=0.95, max_new_tokens=32),
-            jax=JaxBackendConfig(batch_buckets=(32,), prompt_buckets=(128,)),  # prompts: 75-110 tokens
+            # bf16 weights, f32 accumulation (XLA's fast CPU path, as in configs/demo.py); prompts: 75-110 tokens
+            jax=JaxBackendConfig(batch_buckets=(32,), prompt_buckets=(128,), dtype="bfloat16"),
             chunk_rows=32,
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
         train=TrainJobConfig(
-            model=ModelConfig(max_length=32, frozen_layers=4),  # TREC questions: ~15 tokens
-            optim=OptimConfig(steps=40, batch_size=16, learning_rate=3e-4, warmup_fraction=0.1,
-                              eval_batch_size=256),
+            model=ModelConfig(max_length=32, frozen_layers=4, compute_dtype="bfloat16"),  # TREC: ~15 tokens
+            optim=OptimConfig(steps=40, batch_size=16, learning_rate=5e-4, warmup_fraction=0.1,
+                              eval_batch_size=64),
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False),
         ),
