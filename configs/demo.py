@@ -3,9 +3,10 @@
     jaxdiv run configs/demo.py
     jaxdiv run configs/demo.py --set grid.seeds=0,1,2 --set workdir=runs/demo3
 
-Sized for a 2-core CPU (first run under 15 minutes, a cached re-run under 1 minute):
-small pools, two small label budgets, and partial fine-tuning (the top two encoder
-layers and the head). `configs/study_full.py` is the full-size study for accelerators.
+Sized for a 2-core CPU (first run under 15 minutes, a cached re-run under 1 minute; measured
+9.2 min and 5 s by scripts/bench_all.py, see docs/benchmarks.md): small pools, two small label
+budgets, partial fine-tuning (the top two encoder layers and the head), bf16 matmuls.
+`configs/study_full.py` is the full-size study for accelerators.
 """
 
 from jaxdiv.data.tasks import TaskConfig
