@@ -130,6 +130,11 @@ class Pool:
             raise PoolError(f"{directory} is not a pool directory (no {POOL_FILE})")
         return cls(directory, json.loads(path.read_text()))
 
+    @classmethod
+    def is_complete(cls, directory: str | Path, rows: int) -> bool:
+        """Whether `directory` holds a pool of at least `rows` rows (else generating it creates or resumes it)."""
+        return (Path(directory) / POOL_FILE).is_file() and len(cls.open(directory)) >= rows
+
     def _read_chunk(self, path: Path) -> list[dict[str, Any]]:
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

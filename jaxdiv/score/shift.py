@@ -171,12 +171,9 @@ class ShiftReference:
     per real set and reused by every pool and half-sample scored against it (the real-real
     kernel sums are most of the work: the real set is usually far larger than a pool)."""
 
-    def __init__(self, y: np.ndarray, y_labels: Sequence[int] | None = None, label_names: Sequence[str] = (),
-                 cfg: ShiftConfig = ShiftConfig(), sigma: float | None = None, block: int = 1024,
-                 x_for_bandwidth: np.ndarray | None = None):
-        self.cfg, self.block = cfg, block
-        self.sigma = median_bandwidth(x_for_bandwidth if x_for_bandwidth is not None else y[:0], y,
-                                      cfg.median_sample, cfg.seed) if sigma is None else sigma
+    def __init__(self, y: np.ndarray, sigma: float, y_labels: Sequence[int] | None = None,
+                 label_names: Sequence[str] = (), cfg: ShiftConfig = ShiftConfig(), block: int = 1024):
+        self.cfg, self.block, self.sigma = cfg, block, sigma
         self.overall = RealSide.of(y, self.sigma, block)
         self.per_label: dict[int, tuple[str, RealSide]] = {}
         if y_labels is not None:
@@ -205,6 +202,6 @@ def shift_metrics(x: np.ndarray, y: np.ndarray, x_labels: Sequence[int] | None =
     """MMD^2 and Frechet distance of generated `x` against real `y`, overall and per label
     (labels with at least `min_rows_per_label` rows in both sets). `sigma` (default: the
     median heuristic on x and y) is the RBF width for all of them."""
-    reference = ShiftReference(y, None if x_labels is None else y_labels, label_names, cfg, sigma, block,
-                               x_for_bandwidth=x)
+    sigma = median_bandwidth(x, y, cfg.median_sample, cfg.seed) if sigma is None else sigma
+    reference = ShiftReference(y, sigma, None if x_labels is None else y_labels, label_names, cfg, block)
     return reference.metrics(x, x_labels)

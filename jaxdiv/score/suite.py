@@ -68,7 +68,7 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
         info["mmd_bandwidth"] = sigma
         ids = None if labels is None else label_ids(labels, real.label_names)
         # the real side of the shift metrics: computed once, for the pool and all its half-samples
-        reference = ShiftReference(real_x, None if ids is None else real_y, real.label_names, cfg.shift, sigma)
+        reference = ShiftReference(real_x, sigma, None if ids is None else real_y, real.label_names, cfg.shift)
         if ids is not None:
             probe = train_probe(real_x, real_y, real.num_labels, cfg.quality)
             agree = predict(probe, x) == ids

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxdiv import configlib
 from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import Task, load_task
+from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.io import atomic_write_bytes, atomic_write_text
 from jaxdiv.mix.mixture import Cell, Mixture, build_mixture
 from jaxdiv.report.report import write_report
@@ -71,20 +72,20 @@ def ensure_pools(cfg: StudyConfig, workdir: Path, progress: bool) -> dict[int, t
     for level in cfg.grid.levels:
         key = _key(dataclasses.replace(generation_config(cfg, level, Path()), workdir=""))
         directory = workdir / "pools" / f"D{level}-{key}"
-        finished = (directory / "pool.json").is_file() and len(Pool.open(directory)) >= cfg.grid.pool_rows
-        if not finished:
+        if not Pool.is_complete(directory, cfg.grid.pool_rows):
             if backend is None:
-                backend = _make_backend(cfg)
+                backend = make_generator_backend(cfg.generate)
             run_generate(generation_config(cfg, level, directory), backend=backend, progress=progress)
         pools[level] = (Pool.open(directory), key)
     return pools
 
 
-def _make_backend(cfg: StudyConfig):
+def make_generator_backend(generate: GenerateConfig):
+    """The generate section's backend (the JAX generator on its mesh, or an HTTP server's client)."""
     from jaxdiv.generate.backends import make_backend
     from jaxdiv.sharding import make_mesh
 
-    return make_backend(cfg.generate, mesh=make_mesh(cfg.generate.mesh) if cfg.generate.backend == "jax" else None)
+    return make_backend(generate, mesh=make_mesh(generate.mesh) if generate.backend == "jax" else None)
 
 
 # ---------------------------------------------------------------------------

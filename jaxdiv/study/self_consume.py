@@ -44,7 +44,8 @@ from jaxdiv.data.tasks import Task, load_task
 from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
 from jaxdiv.study.config import SelfConsumeConfig
-from jaxdiv.study.runner import Scorer, _key, _read_json, _write_json, metric_columns, write_table
+from jaxdiv.study.runner import (Scorer, _key, _read_json, _write_json, make_generator_backend, metric_columns,
+                                 write_table)
 
 RESULT_FILE = "results.parquet"
 REAL_DRAW, EVAL_DRAW = 1, 2  # purposes of the seeded real-row draws
@@ -94,17 +95,15 @@ def pool_key(cfg: SelfConsumeConfig, generator: Generator) -> str:
 
 def ensure_pool(cfg: SelfConsumeConfig, generator: Generator, workdir: Path, progress: bool) -> RoundPool:
     """The pool G_t generates (resuming a partial one); the backend loads only when rows are missing."""
-    from jaxdiv.generate.backends import make_backend
     from jaxdiv.generate.runner import run_generate
-    from jaxdiv.sharding import make_mesh
 
     key = pool_key(cfg, generator)
     directory = workdir / "pools" / f"round{generator.round}-{key}"
     timing = workdir / "timings" / f"pool-{key}.json"
-    if not ((directory / "pool.json").is_file() and len(Pool.open(directory)) >= cfg.chains.pool_rows):
+    if not Pool.is_complete(directory, cfg.chains.pool_rows):
         settings = generation_config(cfg, generator, str(directory))
         started = time.perf_counter()
-        backend = make_backend(settings, mesh=make_mesh(settings.mesh))
+        backend = make_generator_backend(settings)
         run_generate(settings, backend=backend, progress=progress)
         del backend  # free the generator's weights before the next stage
         _write_json(timing, {"seconds": time.perf_counter() - started})
