@@ -117,14 +117,26 @@ def nucleus_mask(probs: jax.Array, top_p: jax.Array, candidates: int = 256,
     return probs >= threshold[:, None]
 
 
+def argmax(x: jax.Array) -> jax.Array:
+    """Index of the largest entry along the last axis (the first on ties), int32.
+
+    The same as `jnp.argmax`, written as two plain reductions: XLA's CPU backend runs
+    argmax's paired (value, index) reduction as a scalar loop, which over a 49k vocabulary
+    cost more per decode step than the whole LM head."""
+    largest = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.minimum(jnp.min(jnp.where(x == largest, index, x.shape[-1]), axis=-1), x.shape[-1] - 1)
+
+
 def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool):
-    """One token per row: argmax where temperature == 0, else a draw with the row's own key."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    """One token per row: argmax where temperature == 0, else a draw with the row's own key
+    (`jax.random.categorical`'s Gumbel-max draw, with the same noise, so the same tokens)."""
+    greedy = argmax(logits)
 
     def draw():
         filtered = filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p)
-        drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
-        return jnp.where(temperature > 0, drawn, greedy)
+        noise = jax.vmap(lambda key: jax.random.gumbel(key, filtered.shape[1:], filtered.dtype))(keys)
+        return jnp.where(temperature > 0, argmax(filtered + noise), greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
 
@@ -152,8 +164,11 @@ class JaxGenerator:
         self.cfg = model.cfg
         self.mesh = mesh
         data_size = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-        # every batch bucket must split evenly over the data axes
-        self.batch_buckets = tuple(sorted({math.ceil(b / data_size) * data_size for b in batch_buckets}))
+        # Every batch bucket splits evenly over the data axes, and holds at least two rows: a
+        # lone row runs with a padding row, as XLA's CPU matmuls are several times slower for
+        # one row than for two (10x for the 49k-vocabulary LM head).
+        self.batch_buckets = tuple(sorted({math.ceil(max(b, 2) / data_size) * data_size
+                                           for b in batch_buckets}))
         self.prompt_buckets = tuple(prompt_buckets)
         self.decode_chunk = decode_chunk
         self.graphdef, self.state = nnx.split(model)
@@ -177,7 +192,7 @@ class JaxGenerator:
                       *, slots, top_k, use_top_p):
         model = nnx.merge(self.graphdef, state)
         batch, width = tokens.shape
-        cache = KVCache.zeros(self.cfg, batch, slots, model.dtype)
+        cache = KVCache.zeros(self.cfg, batch, slots, jnp.float32)
         if self.mesh is not None:
             cache = jax.lax.with_sharding_constraint(
                 cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiv.errors import JaxdivError
+from jaxdiv.models.attention import dot_product_attention, fold_heads
 
 
 class WeightsError(JaxdivError, ValueError):
@@ -104,6 +105,13 @@ def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, written as BERT and PyTorch write it. `jax.nn.gelu(approximate=False)`
+    goes through erfc, whose branches XLA's CPU backend does not fuse with the bias add: the
+    MLP's elementwise work then costs more than its matmuls."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / np.sqrt(2.0))))
+
+
 class BertLayer(nnx.Module):
     """Post-LayerNorm transformer block: self-attention, then the GELU MLP."""
 
@@ -120,7 +128,7 @@ class BertLayer(nnx.Module):
         self.output = _dense(rngs, m, h, ("mlp", "embed"), dtype)
         self.output_norm = _layer_norm(rngs, cfg, dtype)
 
-    def __call__(self, x: jax.Array, attention_bias: jax.Array, dropout_key: jax.Array | None = None,
+    def __call__(self, x: jax.Array, attention_mask: jax.Array, dropout_key: jax.Array | None = None,
                  *, cls_only: bool = False) -> jax.Array:
         """`cls_only`: return only position 0 (batch, 1, hidden). Every position still serves as a
         key and value, but only the [CLS] query, its attention output and its MLP are computed:
@@ -130,17 +138,13 @@ class BertLayer(nnx.Module):
         batch = x.shape[0]
         queries = x[:, :1] if cls_only else x
         split = lambda t: t.reshape(batch, t.shape[1], cfg.num_attention_heads, cfg.head_dim)
-        q, k, v = split(self.query(queries)), split(self.key(x)), split(self.value(x))
-        # Scores and softmax in f32 whatever the compute dtype: bf16 logits lose the small differences.
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(self.dtype), k.astype(self.dtype),
-                            preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim)
-        probs = jax.nn.softmax(scores + attention_bias, axis=-1)
-        probs = _dropout(probs, cfg.attention_probs_dropout_prob, keys[0]).astype(self.dtype)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(self.dtype),
-                             preferred_element_type=jnp.float32).reshape(queries.shape)
+        context = dot_product_attention(
+            split(self.query(queries)), fold_heads(split(self.key(x))), fold_heads(split(self.value(x))),
+            attention_mask,
+            dtype=self.dtype, dropout_rate=cfg.attention_probs_dropout_prob, dropout_key=keys[0])
         attended = _dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])
         x = self.attention_norm(queries + attended)
-        hidden = jax.nn.gelu(self.intermediate(x), approximate=False)
+        hidden = gelu(self.intermediate(x))
         out = _dropout(self.output(hidden), cfg.hidden_dropout_prob, keys[2])
         return self.output_norm(x + out)
 
@@ -181,10 +185,9 @@ class BertEncoder(nnx.Module):
         stop = len(self.layers) if stop is None else stop
         keys = ([None] * len(self.layers) if dropout_key is None
                 else list(jax.random.split(dropout_key, len(self.layers))))
-        # Additive mask over keys: padded positions get the most negative f32.
-        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        keys_seen = (attention_mask > 0)[:, None, :]  # every query sees the unpadded keys
         for index in range(start, stop):
-            x = self.layers[index](x, bias, keys[index], cls_only=cls_only and index == stop - 1)
+            x = self.layers[index](x, keys_seen, keys[index], cls_only=cls_only and index == stop - 1)
         return x
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,

@@ -33,6 +33,7 @@ from flax import nnx
 
 from jaxdiv import sharding as shd
 from jaxdiv.errors import JaxdivError
+from jaxdiv.models.attention import dot_product_attention, fold_heads
 
 if TYPE_CHECKING:  # the tokenizer module imports this one
     from jaxdiv.models.tokenizer import ChatTokenizer
@@ -118,17 +119,19 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Preallocated keys/values, one (batch, slots, kv_heads, head_dim) array per layer."""
+    """Preallocated keys/values, one (batch · kv_heads, slots, head_dim) array per layer: the
+    layout `attention.dot_product_attention` reads, so a decode step attends over the cache
+    in place (row b's heads are rows b·K .. b·K + K - 1)."""
 
     keys: list[jax.Array]
     values: list[jax.Array]
 
     # batch over the data axes, kv heads over the tensor axis
-    LOGICAL_AXES = ("batch", None, "kv_heads", None)
+    LOGICAL_AXES = ("batch", None, None)
 
     @classmethod
     def zeros(cls, cfg: LlamaConfig, batch: int, slots: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch * cfg.num_kv_heads, slots, cfg.head_dim)
         return cls([jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
                    [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)])
 
@@ -147,6 +150,7 @@ def attention_mask(key_mask: jax.Array, num_queries: int, start: jax.Array | int
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.dtype = dtype
         kw = dict(bias=cfg.attention_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d, hd = cfg.hidden_size, cfg.head_dim
         self.q_proj = _linear(d, cfg.num_heads * hd, ("embed", "heads"), **kw)
@@ -161,19 +165,11 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_kv is not None:
-            cache_k, cache_v = cache_kv
-            at = (0, start, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at)
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
-            cache_kv = (k, v)
-        groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim)
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads * cfg.head_dim)
+        k, v = fold_heads(k).astype(self.dtype), fold_heads(v).astype(self.dtype)
+        if cache_kv is not None:  # written in place; attention then runs in the cache's dtype
+            k, v = cache_kv = tuple(jax.lax.dynamic_update_slice(c, a.astype(c.dtype), (0, start, 0))
+                                    for c, a in zip(cache_kv, (k, v)))
+        out = dot_product_attention(q, k, v, mask, dtype=k.dtype)
         return self.o_proj(out.astype(x.dtype)), cache_kv
 
 
