@@ -128,15 +128,61 @@ def argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.min(jnp.where(x == largest, index, x.shape[-1]), axis=-1), x.shape[-1] - 1)
 
 
-def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool):
-    """One token per row: argmax where temperature == 0, else a draw with the row's own key
-    (`jax.random.categorical`'s Gumbel-max draw, with the same noise, so the same tokens)."""
+def candidate_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,
+                     *, top_k: int, use_top_p: bool, candidates: int = 256):
+    """`filter_logits` restricted to each row's `candidates` most likely tokens.
+
+    Returns the filtered candidate logits (B, C), their token ids (B, C), and per row whether
+    the restriction is exact: whether every token `filter_logits` keeps is a candidate (top-k
+    with k <= C, or a nucleus that closes within the candidates). Exact rows then draw from
+    C tokens rather than the vocabulary, with the same distribution.
+    """
+    scale = 1.0 / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    neg_inf = jnp.finfo(logits.dtype).min
+    width = min(candidates, logits.shape[-1])
+    values, ids = jax.lax.top_k(logits, width)  # descending; scaling by 1/T keeps the order
+    values, scaled = values * scale, logits * scale
+    exact = jnp.full(scaled.shape[:1], bool(top_k) and top_k <= width)
+    if top_k and top_k <= width:  # top-k renormalises over its own tokens
+        values = jnp.where(jnp.arange(width) < top_k, values, neg_inf)
+        log_total = jax.nn.logsumexp(values, axis=-1, keepdims=True)
+    else:
+        log_total = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
+    keep = values > neg_inf
+    if use_top_p:
+        probs = jnp.exp(values - log_total)
+        keep &= (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+        exact |= jnp.sum(probs, axis=-1) >= top_p
+    keep &= jnp.exp(values - values[:, :1]) >= min_p[:, None]
+    return jnp.where(keep, values, neg_inf), ids, exact | (temperature <= 0)
+
+
+def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool,
+                  candidates: int = 256):
+    """One token per row: argmax where temperature == 0, else a draw with the row's own key.
+
+    Draws are Gumbel-max (as `jax.random.categorical`). When every row's filtered set lies
+    within its `candidates` most likely tokens (`candidate_filter`: the usual case with top-p
+    or top-k), the draw is over those C tokens; otherwise over the whole vocabulary. The
+    distribution is the same; the noise, and so the token a given key draws, differs.
+    """
     greedy = argmax(logits)
 
-    def draw():
-        filtered = filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p)
+    def gumbel_draw(filtered):
         noise = jax.vmap(lambda key: jax.random.gumbel(key, filtered.shape[1:], filtered.dtype))(keys)
-        return jnp.where(temperature > 0, argmax(filtered + noise), greedy)
+        return argmax(filtered + noise)
+
+    def full_draw():
+        return gumbel_draw(filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p))
+
+    def draw():
+        if not (use_top_p or top_k):
+            return jnp.where(temperature > 0, full_draw(), greedy)
+        filtered, ids, exact = candidate_filter(logits, temperature, top_p, min_p, top_k=top_k,
+                                                use_top_p=use_top_p, candidates=candidates)
+        among = jnp.take_along_axis(ids, gumbel_draw(filtered)[:, None], axis=-1)[:, 0]
+        drawn = jax.lax.cond(jnp.all(exact), lambda: among, full_draw)
+        return jnp.where(temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from jaxdiv import assets
 from jaxdiv.io import atomic_path
 from jaxdiv.models.bert import encode_texts, load_bert_encoder, load_tokenizer, sentence_embeddings
+from jaxdiv.models.compiler import model_compiler_options
 from jaxdiv.score.config import EmbedderConfig
 from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
 
@@ -61,7 +63,7 @@ class Embedder:
         data_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]  # the "batch" rule's axes
         self.batch_size = -(-cfg.batch_size // data_devices) * data_devices
 
-        @jax.jit
+        @functools.partial(jax.jit, compiler_options=model_compiler_options())
         def forward(state, input_ids, attention_mask):
             return sentence_embeddings(nnx.merge(graphdef, state), input_ids, attention_mask)
 

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from jaxdiv.generate.sampler import (GenerationError, JaxGenerator, Request, SamplingParams,
-                                     filter_logits, nucleus_mask, sample_tokens)
+                                     candidate_filter, filter_logits, nucleus_mask,
+                                     sample_tokens)
 from jaxdiv.models import llama
 
 FIXTURE = Path(__file__).parent / "fixtures" / "greedy_reference.json"
@@ -85,6 +86,27 @@ def test_filters_keep_the_reference_token_sets(top_k, top_p, min_p):
                                    rtol=1e-6)
 
 
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (5, 1.0, 0.0), (0, 0.6, 0.2),
+                                              (7, 0.8, 0.05), (30, 1.0, 0.0)])
+def test_candidate_filter_is_exact_where_it_says_so(top_k, top_p, min_p):
+    """Rows flagged exact keep the reference token set, among their 12 candidates; top-k beyond
+    the candidates (30 > 12) is never flagged exact."""
+    rng = np.random.default_rng(top_k)
+    logits = rng.normal(0, 2, (6, 50)).astype(np.float32) * np.array([[0.3], [1], [2], [3], [4], [1]], np.float32)
+    temperature = np.array([0.5, 0.7, 1.0, 1.3, 2.0, 0.9], np.float32)
+    values, ids, exact = (np.asarray(a) for a in candidate_filter(
+        jnp.asarray(logits), jnp.asarray(temperature), jnp.full(6, top_p), jnp.full(6, min_p),
+        top_k=top_k, use_top_p=top_p < 1.0, candidates=12))
+    assert exact.any() or top_k > 12
+    for row in np.flatnonzero(exact):
+        kept = values[row] > np.finfo(np.float32).min
+        expected = _filter_reference(logits[row], temperature[row], top_k, top_p, min_p)
+        assert set(ids[row][kept].tolist()) == set(np.flatnonzero(expected).tolist())
+        np.testing.assert_allclose(values[row][kept], logits[row][ids[row][kept]] / temperature[row], rtol=1e-6)
+    if top_k > 12:
+        assert not exact.any()
+
+
 @pytest.mark.parametrize("candidates", [3, 64])
 def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates):
     """Rows whose nucleus exceeds the candidate count take the bisection path; both exact."""
@@ -103,12 +125,16 @@ def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates
         np.testing.assert_array_equal(got[row], expected)
 
 
-def test_draws_follow_the_filtered_distribution():
+@pytest.mark.parametrize("candidates", [256, 2])
+def test_draws_follow_the_filtered_distribution(candidates):
+    """From the candidates (256), or from the whole vocabulary where the nucleus (3 tokens)
+    does not fit in them (2)."""
     logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
     n = 20000
     keys = jax.random.split(jax.random.key(0), n)
     draw = jax.jit(jax.vmap(lambda k: sample_tokens(logits, k[None], jnp.ones(1), jnp.full(1, 0.9),
-                                                    jnp.zeros(1), top_k=0, use_top_p=True)[0]))
+                                                    jnp.zeros(1), top_k=0, use_top_p=True,
+                                                    candidates=candidates)[0]))
     counts = np.bincount(np.asarray(draw(keys)), minlength=6) / n
     probs = np.exp(np.asarray(logits[0], np.float64))
     probs /= probs.sum()

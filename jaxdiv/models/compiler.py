@@ -1,0 +1,22 @@
+"""XLA compiler options for the programs that run the models (`jax.jit(..., compiler_options=...)`).
+
+Per program, not process-wide `XLA_FLAGS`: a user's own flags and jaxdiv's other programs
+(the diversity kernel's f32 matmuls) are left alone.
+
+On CPU, XLA hands matmuls to YNNPACK, which by default also absorbs their elementwise
+neighbours (bias, erf GELU, LayerNorm) into its own fused kernels. On the 2-core Xeon of
+docs/benchmarks.md those epilogues ran slower than XLA's own fused loops: running each dot
+alone (`individual_dot`) made the MiniLM forward 27% faster in bf16 and 10% in f32.
+On GPU and TPU the option does not apply, and nothing is set.
+"""
+
+from __future__ import annotations
+
+import jax
+
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def model_compiler_options(backend: str | None = None) -> dict[str, str] | None:
+    """Options for jitting a model's forward pass or train step on `backend` (default: JAX's)."""
+    return dict(_CPU_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None
