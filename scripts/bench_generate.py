@@ -18,10 +18,14 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the peer's reference loader lives in tests/
 
 QUESTIONS = ["Tell me about the history of the bicycle.", "Explain how rainbows form.",
              "Describe a day in the life of a lighthouse keeper.", "Why do cats purr?",
