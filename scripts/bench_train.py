@@ -43,7 +43,6 @@ def matmul_gflops(size: int = 2048) -> float:
 
 def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32"):
     from jaxdiv.configlib import apply_overrides
-    from jaxdiv.models.compiler import model_compiler_options
     from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
     from jaxdiv.train import data as data_lib
     from jaxdiv.train.config import TrainJobConfig
@@ -62,7 +61,7 @@ def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32
     batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2)
                        for k in ("input_ids", "attention_mask", "labels")}
     step = jax.jit(make_train_step(spec, tx, cfg.optim), in_shardings=(shardings, batch_shardings),
-                   out_shardings=(shardings, None), donate_argnums=0, compiler_options=model_compiler_options())
+                   out_shardings=(shardings, None), donate_argnums=0)
     host = prepared.train.take(data_lib.batch_indices(0, 0, batch, len(prepared.train)))
     host["attention_mask"][:] = 1  # every position real, as in the torch run
     device_batch = data_lib.global_batch(host, batch_shardings)

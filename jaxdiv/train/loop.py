@@ -25,7 +25,6 @@ from jaxdiv import configlib
 from jaxdiv.configlib import ConfigError
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
-from jaxdiv.models.compiler import model_compiler_options
 from jaxdiv.sharding import batch_sharding, make_mesh
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import Checkpointer
@@ -133,8 +132,7 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
         mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
     train_step = jax.jit(make_train_step(spec, tx, optim, loss_fn, constrain),
                          in_shardings=(shardings, batch_shardings),
-                         out_shardings=(shardings, replicated(mesh)), donate_argnums=0,
-                         compiler_options=model_compiler_options())
+                         out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
     throughput = Throughput(optim.batch_size, flops_per_step)
@@ -185,8 +183,7 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
             batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2)
                                for k in ("input_ids", "attention_mask", "labels")}
             compiled["eval"] = (jax.jit(make_eval_step(spec), in_shardings=(shardings, batch_shardings),
-                                        out_shardings=replicated(mesh),
-                                        compiler_options=model_compiler_options()), batch_shardings)
+                                        out_shardings=replicated(mesh)), batch_shardings)
         eval_step, batch_shardings = compiled["eval"]
         for split, rows in prepared.evals.items():
             evals[split] = evaluate(eval_step, state, rows, cfg.optim.eval_batch_size, batch_shardings)

@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from jaxdiv import configlib
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
-from jaxdiv.models.compiler import model_compiler_options
 from jaxdiv.sharding import DEFAULT_RULES, make_mesh, named_sharding
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import Checkpointer
@@ -62,8 +61,7 @@ def frozen_feature_table(spec, encoded: Sequence[data_lib.EncodedRows], batch_si
     distinct, inverse = np.unique(tokens, axis=0, return_inverse=True)
     width = encoded[0].input_ids.shape[1]
     ids, mask = distinct[:, :width], distinct[:, width:]
-    features_of = jax.jit(lambda params, i, m: spec.apply(params).frozen_features(i, m),
-                          compiler_options=model_compiler_options())
+    features_of = jax.jit(lambda params, i, m: spec.apply(params).frozen_features(i, m))
     params = jax.device_put(spec.initial)
     chunks = []
     for start in range(0, len(ids), batch_size):
@@ -173,14 +171,12 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     table_sharding = None if table is None else jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), table)
     train_step = jax.jit(jax.vmap(masked_step, in_axes=(run_axes, 0, None), out_axes=(run_axes, 0)),
                          in_shardings=(shardings, batch_shardings, table_sharding),
-                         out_shardings=(shardings, metric_sharding), donate_argnums=0,
-                         compiler_options=model_compiler_options())
+                         out_shardings=(shardings, metric_sharding), donate_argnums=0)
     if table is not None:
         table = jax.device_put(table, table_sharding)
     eval_shardings = {k: NamedSharding(mesh, PartitionSpec()) for k in ("input_ids", "attention_mask", "labels")}
     eval_step = jax.jit(jax.vmap(make_eval_step(spec), in_axes=(run_axes, None)),
-                        in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()),
-                        compiler_options=model_compiler_options())
+                        in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
     bar = tqdm(total=int(steps.max()), initial=start, desc=f"train x{num_runs}", unit="step",
