@@ -142,8 +142,9 @@ def candidate_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array
     width = min(candidates, logits.shape[-1])
     values, ids = jax.lax.top_k(logits, width)  # descending; scaling by 1/T keeps the order
     values, scaled = values * scale, logits * scale
-    exact = jnp.full(scaled.shape[:1], bool(top_k) and top_k <= width)
-    if top_k and top_k <= width:  # top-k renormalises over its own tokens
+    top_k_within = bool(top_k) and top_k <= width
+    exact = jnp.full(scaled.shape[:1], top_k_within)
+    if top_k_within:  # top-k renormalises over its own tokens
         values = jnp.where(jnp.arange(width) < top_k, values, neg_inf)
         log_total = jax.nn.logsumexp(values, axis=-1, keepdims=True)
     else:

@@ -126,7 +126,7 @@ class KVCache:
     keys: list[jax.Array]
     values: list[jax.Array]
 
-    # batch over the data axes, kv heads over the tensor axis
+    # the folded (batch · kv_head) axis over the data axes, batch-major: each device holds whole rows
     LOGICAL_AXES = ("batch", None, None)
 
     @classmethod
