@@ -22,6 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout at `rate`; the identity without a key."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def fold_heads(x: jax.Array) -> jax.Array:
     """Keys or values (B, S, K, D) -> (B·K, S, D), the layout `dot_product_attention` reads."""
     batch, slots, heads, depth = x.shape
@@ -50,9 +58,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     scores = jnp.where(mask.reshape(scores.shape), scores * (1.0 / np.sqrt(depth)), jnp.finfo(jnp.float32).min)
     weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
     total = jnp.sum(weights, axis=-1, keepdims=True)
-    if dropout_key is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    weights = dropout(weights, dropout_rate, dropout_key)
     context = jax.lax.dot_general(weights.astype(dtype), v, (((2,), (1,)), batched),
                                   preferred_element_type=jnp.float32) / total
     context = context.reshape(batch, kv_heads, groups, length, depth)

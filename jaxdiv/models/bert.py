@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiv.errors import JaxdivError
-from jaxdiv.models.attention import dot_product_attention, fold_heads
+from jaxdiv.models.attention import dot_product_attention, dropout, fold_heads
 
 
 class WeightsError(JaxdivError, ValueError):
@@ -98,13 +98,6 @@ def _layer_norm(rngs: nnx.Rngs, cfg: BertConfig, dtype: Any) -> nnx.LayerNorm:
         bias_init=partitioned(nnx.initializers.zeros_init(), ("embed",)))
 
 
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
 def gelu(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, written as BERT and PyTorch write it. `jax.nn.gelu(approximate=False)`
     goes through erfc, whose branches XLA's CPU backend does not fuse with the bias add: the
@@ -142,10 +135,10 @@ class BertLayer(nnx.Module):
             split(self.query(queries)), fold_heads(split(self.key(x))), fold_heads(split(self.value(x))),
             attention_mask,
             dtype=self.dtype, dropout_rate=cfg.attention_probs_dropout_prob, dropout_key=keys[0])
-        attended = _dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])
+        attended = dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])
         x = self.attention_norm(queries + attended)
         hidden = gelu(self.intermediate(x))
-        out = _dropout(self.output(hidden), cfg.hidden_dropout_prob, keys[2])
+        out = dropout(self.output(hidden), cfg.hidden_dropout_prob, keys[2])
         return self.output_norm(x + out)
 
 
@@ -175,7 +168,7 @@ class BertEncoder(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
              + self.token_type_embeddings(token_type_ids))
-        return _dropout(self.embeddings_norm(x), self.cfg.hidden_dropout_prob, dropout_key)
+        return dropout(self.embeddings_norm(x), self.cfg.hidden_dropout_prob, dropout_key)
 
     def run_layers(self, x: jax.Array, attention_mask: jax.Array, *, start: int = 0,
                    stop: int | None = None, dropout_key: jax.Array | None = None,
@@ -252,7 +245,7 @@ class BertClassifier(nnx.Module):
         hidden = self.encoder.run_layers(features, attention_mask, start=self.frozen_layers,
                                          dropout_key=keys[0], cls_only=True)
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))
-        pooled = _dropout(pooled, self.cfg.hidden_dropout_prob, keys[1])
+        pooled = dropout(pooled, self.cfg.hidden_dropout_prob, keys[1])
         return self.classifier(pooled).astype(jnp.float32)
 
     def __call__(self, input_ids: jax.Array | None, attention_mask: jax.Array,
