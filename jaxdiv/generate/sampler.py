@@ -239,7 +239,7 @@ class JaxGenerator:
                       *, slots, top_k, use_top_p):
         model = nnx.merge(self.graphdef, state)
         batch, width = tokens.shape
-        cache = KVCache.zeros(self.cfg, batch, slots, jnp.float32)
+        cache = KVCache.zeros(self.cfg, batch, slots, model.dtype)
         if self.mesh is not None:
             cache = jax.lax.with_sharding_constraint(
                 cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))

@@ -140,6 +140,18 @@ class KVCache:
         return self.keys[0].shape[1]
 
 
+def write_slots(cache: jax.Array, new: jax.Array, start: jax.Array | int) -> jax.Array:
+    """cache[:, start : start + T] = new, in place. A 16-bit float cache is written through its
+    bit pattern: XLA's CPU backend widens a bf16 dynamic-update-slice to f32 over the whole
+    cache (a full copy each way, every layer and step); on the uint16 bits it stays in place."""
+    new = new.astype(cache.dtype)
+    if cache.dtype.itemsize != 2:
+        return jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
+    bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
+    written = jax.lax.dynamic_update_slice(bits(cache), bits(new), (0, start, 0))
+    return jax.lax.bitcast_convert_type(written, cache.dtype)
+
+
 def attention_mask(key_mask: jax.Array, num_queries: int, start: jax.Array | int) -> jax.Array:
     """(B, T, S) bool: query t (slot start + t) sees slot s iff s <= start + t and key_mask[b, s]."""
     query_slot = start + jnp.arange(num_queries)[:, None]
@@ -167,8 +179,7 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = fold_heads(k).astype(self.dtype), fold_heads(v).astype(self.dtype)
         if cache_kv is not None:  # written in place; attention then runs in the cache's dtype
-            k, v = cache_kv = tuple(jax.lax.dynamic_update_slice(c, a.astype(c.dtype), (0, start, 0))
-                                    for c, a in zip(cache_kv, (k, v)))
+            k, v = cache_kv = tuple(write_slots(c, a, start) for c, a in zip(cache_kv, (k, v)))
         out = dot_product_attention(q, k, v, mask, dtype=k.dtype)
         return self.o_proj(out.astype(x.dtype)), cache_kv
 

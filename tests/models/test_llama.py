@@ -108,6 +108,19 @@ def test_kv_cache_decode_equals_full_recompute():
         logits, cache = step(model, tok, jnp.asarray([[n + t] for n in lengths]), cache, bucket + t)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_write_slots_writes_in_place_in_the_cache_dtype(dtype):
+    """The cache write (bf16 goes through its uint16 bits) equals a plain slice assignment,
+    bitwise, at a traced start slot; the other slots are untouched."""
+    rng = np.random.default_rng(2)
+    cache = jnp.asarray(rng.standard_normal((6, 9, 4)), dtype)
+    new = jnp.asarray(rng.standard_normal((6, 2, 4)), jnp.float32)
+    written = jax.jit(llama.write_slots)(cache, new, jnp.int32(3))
+    assert written.dtype == dtype
+    expected = cache.at[:, 3:5].set(new.astype(dtype))
+    np.testing.assert_array_equal(np.asarray(written, np.float32), np.asarray(expected, np.float32))
+
+
 def test_padding_does_not_change_real_positions():
     model = _tiny_model(1)
     rng = np.random.default_rng(1)
