@@ -177,12 +177,13 @@ def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_to
         return gumbel_draw(filter_logits(logits, temperature, top_p, min_p, top_k=top_k, use_top_p=use_top_p))
 
     def draw():
-        if not (use_top_p or top_k):
-            return jnp.where(temperature > 0, full_draw(), greedy)
-        filtered, ids, exact = candidate_filter(logits, temperature, top_p, min_p, top_k=top_k,
-                                                use_top_p=use_top_p, candidates=candidates)
-        among = jnp.take_along_axis(ids, gumbel_draw(filtered)[:, None], axis=-1)[:, 0]
-        drawn = jax.lax.cond(jnp.all(exact), lambda: among, full_draw)
+        if use_top_p or top_k:
+            filtered, ids, exact = candidate_filter(logits, temperature, top_p, min_p, top_k=top_k,
+                                                    use_top_p=use_top_p, candidates=candidates)
+            among = jnp.take_along_axis(ids, gumbel_draw(filtered)[:, None], axis=-1)[:, 0]
+            drawn = jax.lax.cond(jnp.all(exact), lambda: among, full_draw)
+        else:
+            drawn = full_draw()
         return jnp.where(temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)

@@ -109,7 +109,7 @@ def test_kv_cache_decode_equals_full_recompute():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_write_slots_writes_in_place_in_the_cache_dtype(dtype):
+def test_write_slots_equals_a_slice_assignment_in_the_cache_dtype(dtype):
     """The cache write (bf16 goes through its uint16 bits) equals a plain slice assignment,
     bitwise, at a traced start slot; the other slots are untouched."""
     rng = np.random.default_rng(2)
