@@ -125,6 +125,23 @@ def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates
         np.testing.assert_array_equal(got[row], expected)
 
 
+@pytest.mark.parametrize("flat_rows", [0, 2, 9])  # none, few (drawn apart), most (drawn together)
+def test_a_rows_draw_does_not_depend_on_the_rest_of_the_batch(flat_rows):
+    rng = np.random.default_rng(0)
+    batch, vocab = 16, 1000
+    logits = rng.normal(size=(batch, vocab))
+    logits[:, :5] += 12.0  # peaked: the top-p nucleus lies within the 256 candidates
+    logits[:flat_rows] = 0.1 * rng.normal(size=(flat_rows, vocab))  # flat: a ~950-token nucleus
+    logits = jnp.asarray(logits, jnp.float32)
+    keys = jax.random.split(jax.random.key(3), batch)
+    draw = jax.jit(lambda lg, k: sample_tokens(lg, k, jnp.full(len(k), 0.8), jnp.full(len(k), 0.95),
+                                               jnp.zeros(len(k)), top_k=0, use_top_p=True))
+    together = np.asarray(draw(logits, keys))
+    alone = [int(draw(logits[i:i + 1], keys[i:i + 1])[0]) for i in range(batch)]
+    assert together.tolist() == alone
+    assert (together[flat_rows:] < 5).all() and len(set(together[:flat_rows].tolist())) == flat_rows
+
+
 @pytest.mark.parametrize("candidates", [256, 2])
 def test_draws_follow_the_filtered_distribution(candidates):
     """From the candidates (256), or from the whole vocabulary where the nucleus (3 tokens)
@@ -175,6 +192,18 @@ def test_same_seed_same_sample_whatever_the_batch(tiny_generator):
     other_seed = generator.generate(_requests(PROMPTS, SAMPLED, seed=8))
     assert [c.text for c in other_seed] != [c.text for c in together]
     assert len({c.text for c in together}) == len(PROMPTS)  # rows draw with their own keys
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(tiny_generator):
+    model, tokenizer, shrinking = tiny_generator  # buckets (2, 8): one long row ends up in 2
+    fixed = JaxGenerator(model, tokenizer, batch_buckets=(8,), prompt_buckets=(64,), decode_chunk=4)
+    requests = [Request(i, ({"role": "user", "content": p},),
+                        SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=4 if i else 14), 7)
+                for i, p in enumerate(PROMPTS)]
+    shrunk = shrinking.generate(requests)
+    assert shrinking._shrink._cache_size() == 1  # the batch did shrink, 8 -> 2 rows
+    assert shrunk == fixed.generate(requests)
+    assert [c.completion_tokens for c in shrunk] == [14, 4, 4, 4, 4]
 
 
 def test_prompts_sharded_on_the_data_axis_give_the_same_rows(tiny_generator):
