@@ -179,7 +179,8 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = fold_heads(k).astype(self.dtype), fold_heads(v).astype(self.dtype)
         if cache_kv is not None:  # written in place; attention then runs in the cache's dtype
-            k, v = cache_kv = tuple(write_slots(c, a, start) for c, a in zip(cache_kv, (k, v)))
+            cache_kv = tuple(write_slots(c, a, start) for c, a in zip(cache_kv, (k, v)))
+            k, v = (c[:, :mask.shape[-1]] for c in cache_kv)  # the slots the mask covers
         out = dot_product_attention(q, k, v, mask, dtype=k.dtype)
         return self.o_proj(out.astype(x.dtype)), cache_kv
 
@@ -244,6 +245,10 @@ class Llama(nnx.Module):
         """
         b, t = tokens.shape
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        if cache is not None and isinstance(start, int):
+            # no query sees a slot from start + t on (causal); with a static start (the
+            # prefill), attention skips those slots rather than masking them
+            key_mask = key_mask[:, :start + t]
         mask = attention_mask(key_mask, t, start)
         x = self.embed_tokens(tokens)
         new_keys, new_values = [], []
