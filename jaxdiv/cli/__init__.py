@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     # Random bits that do not depend on how an array is sharded (the default in recent jax;
     # set so every jaxdiv run draws the same numbers on any mesh).
     jax.config.update("jax_threefry_partitionable", True)
+    # JAX's persistent compilation cache, unless the user points it elsewhere
+    # (JAX_COMPILATION_CACHE_DIR): a repeated job loads its XLA programs instead of compiling them.
+    if not jax.config.jax_compilation_cache_dir:
+        from jaxdiv.assets import cache_dir
+
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     try:
         return int(args.func(args) or 0)
     except JaxdivError as err:

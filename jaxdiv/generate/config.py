@@ -30,7 +30,8 @@ class JaxBackendConfig:
     model: str = param("smollm2-135m-instruct", help="a packaged asset name, a GGUF file, or an HF "
                        "Llama/Qwen2 safetensors dir (with tokenizer.json)")
     batch_buckets: tuple[int, ...] = param((1, 8, 32), help="batch sizes compiled for; a batch is "
-                                           "padded up to the next bucket")
+                                           "padded up to the next bucket, and shrinks to a smaller "
+                                           "one as its rows finish")
     prompt_buckets: tuple[int, ...] = param((64, 128, 160, 192, 256, 512), help="prompt lengths compiled "
                                             "for; prompts are left-padded up to the next bucket")
     decode_chunk: int = param(16, ge=1, help="decode steps run on device between host checks for "
@@ -106,7 +107,8 @@ class GenerateConfig:
     openai: OpenAIBackendConfig = section(OpenAIBackendConfig)
     mesh: MeshConfig = section(MeshConfig)
     n: int = param(600, ge=1, help="rows to generate (accepted + rejected)")
-    chunk_rows: int = param(32, ge=1, help="rows per atomically appended pool chunk")
+    chunk_rows: int = param(32, ge=1, help="rows per atomically appended pool chunk; a chunk's "
+                            "rows are sorted by prompt length into batches")
     dedup: bool = param(True, help="reject exact (normalised) duplicate texts")
     workdir: str = param("pools/run", help="the pool directory")
     seed: int = param(0, help="global seed: prompts, topics, few-shot draws and sampling derive from it")
