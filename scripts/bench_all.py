@@ -55,11 +55,12 @@ SIZES = {
     "full": dict(vendi_sizes=(20000, 100000), suite_sizes=(5000, 20000, 100000),
                  peer_sizes=(2000, 5000, 10000, 20000), peer_timeout=400, pairs_n=20000, embed_texts=512,
                  gen_batches=(1, 8, 32), gen_dtypes=("float32", "bfloat16"), gen_tokens=128, gen_repeats=2,
+                 pool_rows=600,
                  ft_rows=1024, ft_steps=24,
                  runs=8, rows_per_run=160, repeats=3, demo_overrides=()),
     "quick": dict(vendi_sizes=(5000,), suite_sizes=(2000,), peer_sizes=(2000,), peer_timeout=120,
                   pairs_n=4096, embed_texts=128, gen_batches=(1, 8), gen_dtypes=("float32",), gen_tokens=16,
-                  gen_repeats=1,
+                  gen_repeats=1, pool_rows=32,
                   ft_rows=128, ft_steps=6, runs=2, rows_per_run=32, repeats=1,
                   demo_overrides=("grid.levels=(0,)", "grid.proportions=(0.0, 1.0)", "grid.budgets=(8,)",
                                   "grid.seeds=(0,)", "grid.pool_rows=32", "train.optim.steps=4")),
@@ -211,6 +212,16 @@ def generate_rows(sizes: dict, rate: float) -> list[Row]:
                                 # decode at batch 1 streams the weights once a token: memory-bound
                                 2 * params * ours / 1e9 / rate if batch >= 8 and dtype == "float32" else None,
                                 f"≥ {target}×" if target else "", ours >= target * peer if target else None))
+    load_s, first_s, repeat_s, counts = bench_generate.pool_time(sizes["pool_rows"])
+    print(f"TREC pool: {sizes['pool_rows']} rows in {repeat_s:.0f} s; first run {first_s:.0f} s, load {load_s:.0f} s",
+          flush=True)
+    setting = (f"`configs/generate_trec.py`, {sizes['pool_rows']} rows ({counts['accepted']} accepted), "
+               f"bf16; model load {load_s:.0f} s apart")
+    rows.append(Row("TREC pool (topics D3), topics cached and programs compiled", setting, "—",
+                    f"{repeat_s:.0f} s", "–", None, None, "< 3 min for 600 rows",
+                    repeat_s < 180 if sizes["pool_rows"] == 600 else None))
+    rows.append(Row("TREC pool (topics D3), first run", setting + "; generates the 100 topics, compiles",
+                    "—", f"{first_s:.0f} s", "–", None, None))
     return rows
 
 
