@@ -1,12 +1,25 @@
 """Shared fixtures. Real assets are fetched once into the jaxdiv cache and reused."""
 
 import os
+import shutil
+import tempfile
 
 # Eight host devices, so sharded code paths (data / fsdp / tensor meshes) run for real on a CPU.
 # Must be set before jax initialises its backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The CLI entry point turns JAX's persistent compilation cache on where it is unset; tests
+# that call it (in process, or as subprocesses that inherit this) use a fresh cache of the
+# session's own, removed at the end, never the user's.
+_SESSION_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdiv-test-xla-")
 
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_XLA_CACHE:
+        shutil.rmtree(_SESSION_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

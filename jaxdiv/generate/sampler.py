@@ -3,7 +3,8 @@
 Static shapes: a batch is padded to a batch bucket, prompts are left-padded to a prompt
 bucket, and the cache holds prompt bucket + max-new-tokens bucket slots, so a run
 compiles a handful of programs whatever the prompts. All rows decode in lock step (one
-shared cache write slot per step, see `jaxdiv.models.llama`).
+shared cache write slot per step, see `jaxdiv.models.llama`); between decode chunks the
+rows still running move into the smallest batch bucket that holds them.
 
 Reproducibility: the token drawn for row r at step t uses the key
 fold_in(fold_in(key(seed), r), t), so a row's sample depends only on (seed, row id,
