@@ -260,10 +260,7 @@ class JaxGenerator:
                       *, slots, top_k, use_top_p):
         model = nnx.merge(self.graphdef, state)
         batch, width = tokens.shape
-        cache = KVCache.zeros(self.cfg, batch, slots, model.dtype)
-        if self.mesh is not None:
-            cache = jax.lax.with_sharding_constraint(
-                cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))
+        cache = self._constrain_cache(KVCache.zeros(self.cfg, batch, slots, model.dtype))
         key_mask = jnp.concatenate([prompt_mask, jnp.ones((batch, slots - width), bool)], axis=1)
         hidden, cache = model.hidden_states(tokens, positions_from_mask(prompt_mask), key_mask, cache, 0)
         logits = model.logits(hidden[:, -1])
@@ -391,14 +388,18 @@ class JaxGenerator:
         """The cache and per-row arrays of the batch positions `keep`, in that order."""
         heads = self.cfg.num_kv_heads  # row b's heads are cache rows b·K .. b·K + K - 1
         folded = (keep[:, None] * heads + jnp.arange(heads)).reshape(-1)
-        cache = jax.tree.map(lambda a: a[folded], cache)
+        cache = self._constrain_cache(jax.tree.map(lambda a: a[folded], cache))
         per_row = jax.tree.map(lambda a: a[keep], per_row)
         if self.mesh is not None:
-            cache = jax.lax.with_sharding_constraint(
-                cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))
             per_row = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
                 a, shd.batch_sharding(self.mesh, a.ndim)), per_row)
         return cache, per_row
+
+    def _constrain_cache(self, cache: KVCache) -> KVCache:
+        """The cache laid out over the mesh's data axes (whole rows per device), if any."""
+        if self.mesh is None:
+            return cache
+        return jax.lax.with_sharding_constraint(cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))
 
     def _completion(self, request: Request, prompt: list[int], generated: np.ndarray,
                     stopped: bool) -> Completion:
