@@ -7,6 +7,10 @@ import tempfile
 # Eight host devices, so sharded code paths (data / fsdp / tensor meshes) run for real on a CPU.
 # Must be set before jax initialises its backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests are CPU tests. Where an accelerator plugin is installed (CI installs the `tpu`
+# extra for the ahead-of-time tests), JAX would otherwise try to start that backend in every
+# process, and libtpu prints its start-up noise into the stderr that CLI tests assert on.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The CLI entry point turns JAX's persistent compilation cache on where it is unset; tests
 # that call it (in process, or as subprocesses that inherit this) use a fresh cache of the
 # session's own, removed at the end, never the user's.

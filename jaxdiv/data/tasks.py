@@ -303,3 +303,25 @@ def label_counts(task: Task) -> dict[str, dict[str, int]]:
     """{split: {label name: count}}."""
     return {split: {task.label_names[k]: v for k, v in sorted(collections.Counter(ds["label"]).items())}
             for split, ds in task.splits.items()}
+
+
+def seeded_order(seed: int, source: str, row_id: str) -> str:
+    """The sort key that orders rows within a class: sha256(seed, source, row id). It depends only
+    on the seed and the id, never on file order, so smaller budgets nest in larger ones."""
+    return hashlib.sha256(f"{seed}\x00{source}\x00{row_id}".encode()).hexdigest()
+
+
+def budget_rows(rows: datasets.Dataset, num_labels: int, budget: int | None, seed: int,
+                source: str = "real") -> dict[int, list[int]]:
+    """{label: row indices}: the first `budget` rows of each class in seeded order (all of a
+    class when `budget` is None). A study cell of budget b and real subset `seed` holds exactly
+    these real rows, and a generator serving that cell may see only these (no label leak)."""
+    ids = rows["id"]
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for index, label in enumerate(rows["label"]):
+        if not 0 <= label < num_labels:
+            raise TaskError(f"{source} row {ids[index]!r} has label {label}, outside 0..{num_labels - 1}")
+        groups[label].append(index)
+    return {label: sorted(indices, key=lambda i: seeded_order(seed, source, ids[i]))[:budget]
+            for label, indices in sorted(groups.items())}
+

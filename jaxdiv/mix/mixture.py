@@ -8,15 +8,14 @@ Every mixture records exactly which real and synthetic row ids it holds.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
 
+from jaxdiv.data.tasks import TaskError, budget_rows
 from jaxdiv.io import atomic_path, atomic_write_text
 from jaxdiv.mix.config import MixConfig
 from jaxdiv.errors import JaxdivError
@@ -66,26 +65,6 @@ class Mixture:
         return directory
 
 
-def _order_key(seed: int, source: str, row_id: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{source}\x00{row_id}".encode()).hexdigest()
-
-
-def _by_class(rows: datasets.Dataset, num_labels: int, source: str) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = collections.defaultdict(list)
-    for index, label in enumerate(rows["label"]):
-        if not 0 <= label < num_labels:
-            raise MixtureError(f"{source} row {rows[index]['id']!r} has label {label}, outside "
-                               f"0..{num_labels - 1}")
-        groups[label].append(index)
-    return groups
-
-
-def _take(rows: datasets.Dataset, indices: list[int], want: int, seed: int, source: str) -> list[int]:
-    ids = rows["id"]
-    ordered = sorted(indices, key=lambda i: _order_key(seed, source, ids[i]))
-    return ordered[:want]
-
-
 def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_names: tuple[str, ...],
                   cell: Cell, cfg: MixConfig = MixConfig()) -> Mixture:
     """Build the training set of one cell. `real` and `synthetic` have id, text, label columns.
@@ -101,8 +80,11 @@ def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_nam
         raise MixtureError(f"cell {cell.name()}: proportion {cell.proportion} is outside [0, 1]")
     if cell.budget is not None and cell.budget < 1:
         raise MixtureError(f"cell {cell.name()}: budget must be >= 1 or None (all)")
-    groups = {"real": _by_class(real, len(label_names), "real"),
-              "synthetic": _by_class(synthetic, len(label_names), "synthetic")}
+    try:  # every class's rows in seeded order: a class's first k rows are its k-row budget
+        groups = {source: budget_rows(table, len(label_names), None, cell.seed, source)
+                  for source, table in (("real", real), ("synthetic", synthetic))}
+    except TaskError as error:
+        raise MixtureError(f"cell {cell.name()}: {error}") from None
     chosen: dict[str, list[int]] = {"real": [], "synthetic": []}
     counts: dict[str, dict[str, int]] = {s: {} for s in SOURCES}
     shortfalls: list[str] = []
@@ -120,8 +102,7 @@ def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_nam
                     raise MixtureError(message + " (set mix.allow_short_classes=true to take what "
                                                  "there is)")
                 shortfalls.append(message)
-            table = real if source == "real" else synthetic
-            picked = _take(table, pool, want, cell.seed, source)
+            picked = pool[:want]
             chosen[source] += picked
             counts[source][label_name] = len(picked)
     columns: dict[str, list] = {"id": [], "text": [], "label": [], "source": []}
