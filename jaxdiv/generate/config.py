@@ -112,6 +112,11 @@ class GenerateConfig:
     dedup: bool = param(True, help="reject exact (normalised) duplicate texts")
     workdir: str = param("pools/run", help="the pool directory")
     seed: int = param(0, help="global seed: prompts, topics, few-shot draws and sampling derive from it")
+    real_budget: int = param(0, ge=0, help="real labelled rows per class the generator may see "
+                             "(few-shot demonstrations, the label-fidelity probe): the study cell's "
+                             "label budget, so no label leaks into a cell; 0: the whole training split")
+    real_subset: int = param(0, help="seed of which real rows make up that budget "
+                             "(jaxdiv.data.tasks.budget_rows; the study cell's real subset)")
 
     def check(self) -> None:
         if self.backend not in ("jax", "openai"):
