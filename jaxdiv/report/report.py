@@ -94,6 +94,8 @@ def _gate_table(pools: pd.DataFrame) -> pd.DataFrame:
 
 def _sample_rows(path: Path, order: list[str], cfg: ReportConfig) -> str:
     rows = pd.read_parquet(path)
+    if "used" in rows:  # the equal-n rows the cells drew on, where the study marks them
+        rows = rows[rows["used"].astype(bool)]
     rng = np.random.default_rng(cfg.seed)
     parts = []
     levels = [lv for lv in order if lv in set(rows["level"])] + sorted(set(rows["level"]) - set(order))
@@ -102,7 +104,7 @@ def _sample_rows(path: Path, order: list[str], cfg: ReportConfig) -> str:
         take = group.iloc[np.sort(rng.choice(len(group), min(cfg.sample_rows, len(group)), replace=False))]
         shown = take[[c for c in ("gen_seed", "label", "text") if c in take]].copy()
         shown["text"] = shown["text"].str.slice(0, 200)
-        parts.append(f"**{level}** ({len(group)} accepted rows over all its pools; {len(take)} drawn with seed "
+        parts.append(f"**{level}** ({len(group)} rows over all its pools; {len(take)} drawn with seed "
                      f"{cfg.seed}):\n\n{markdown_table(shown)}")
     return "\n\n".join(parts)
 

@@ -56,7 +56,7 @@ def normalise_results(frame: pd.DataFrame) -> pd.DataFrame:
 
 def status_text(part: pd.DataFrame) -> str:
     """Protocol and leak / oracle status of a set of cells: every title carries it."""
-    protocols = ", ".join(sorted(set(part["protocol"].dropna().astype(str)))) or "–"
+    protocols = ", ".join(sorted(set(part["protocol"].dropna().astype(str)) - {""})) or "–"
     leak = "LABEL LEAK" if part["label_leak"].fillna(False).astype(bool).any() else "no label leak"
     probes = sorted(set(part["label_probe"]) - {""})
     probe = ("ORACLE label filter (uses labels the cells lack)" if "oracle" in probes
