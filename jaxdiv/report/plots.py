@@ -17,18 +17,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from jaxdiv.report.stats import mean_ci, paired_bootstrap  # noqa: E402
-
-
-def budget_label(budget) -> str:
-    return "all labels" if budget in (None, "all") or pd.isna(budget) else f"{int(budget)} labels/class"
+from jaxdiv.report.verdict import budget_label, rows_of_budget  # noqa: E402
 
 
 def _budgets(frame: pd.DataFrame) -> list:
     return sorted(frame["budget"].unique(), key=lambda b: float("inf") if pd.isna(b) else b)
-
-
-def _rows_of(frame: pd.DataFrame, budget) -> pd.DataFrame:
-    return frame[frame["budget"].isna()] if pd.isna(budget) else frame[frame["budget"] == budget]
 
 
 def _save(fig, path: Path) -> Path:
@@ -57,12 +50,12 @@ def accuracy_vs_level(frame: pd.DataFrame, baseline: pd.DataFrame, levels: list[
     colours = plt.cm.viridis(np.linspace(0, 0.9, max(frame["proportion"].nunique(), 1)))
     x = np.arange(len(levels))
     for ax, budget in zip(axes[0], budgets):
-        for colour, (proportion, group) in zip(colours, sorted(_rows_of(frame, budget).groupby("proportion"))):
+        for colour, (proportion, group) in zip(colours, sorted(rows_of_budget(frame, budget).groupby("proportion"))):
             stats = np.array([mean_and_interval(group[group["level"] == level][metric]) for level in levels])
             errors = np.nan_to_num(np.abs(stats[:, 1:].T - stats[:, 0]))
             ax.errorbar(x, stats[:, 0], yerr=errors, marker="o", capsize=3, color=colour,
                         label=f"synthetic {proportion:.0%}")
-        real = _rows_of(baseline, budget)[metric]
+        real = rows_of_budget(baseline, budget)[metric]
         if len(real):
             mean, low, high = mean_and_interval(real)
             ax.axhline(mean, color="grey", ls="--", lw=1, label="real only")
@@ -113,7 +106,7 @@ def trend_grid(frame: pd.DataFrame, x: str, path: Path, metric: str, x_label: st
                              squeeze=False, sharex=True)
     for row, budget in zip(axes, budgets):
         for ax, proportion in zip(row, proportions):
-            part = _rows_of(frame, budget)
+            part = rows_of_budget(frame, budget)
             part = part[(part["proportion"] == proportion) & part[x].notna() & part[metric].notna()]
             for level, group in part.groupby("level"):
                 ax.scatter(group[x], group[metric], s=16, alpha=0.8, label=level)

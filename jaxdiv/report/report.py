@@ -210,9 +210,9 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
     if pools is not None:
         headline = pools[[c for c in POOL_COLUMNS if c in pools.columns]]
         gates = _gate_table(pools)
-        fallbacks = frame[frame["fallback"] != ""]
+        fallbacks = frame[frame["fallback"] != ""].groupby(["level", "fallback"]).size().rename("cells")
         fallback_text = ("No cell used a fallback." if fallbacks.empty else "Cells that used a fallback:\n\n"
-                         + markdown_table(fallbacks.groupby(["level", "fallback"]).size().rename("cells").reset_index()))
+                         + markdown_table(fallbacks.reset_index()))
         sections.append(("Generated pools", markdown_table(headline) + "\n\nGate counts (rows rejected per reason, "
                          "summed over each level's pools):\n\n" + markdown_table(gates) + "\n\n" + fallback_text
                          + "\n\nEvery metric of every pool, with per-label shift: `pools.csv`.", []))

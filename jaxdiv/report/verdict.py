@@ -54,6 +54,11 @@ def normalise_results(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def rows_of_budget(frame: pd.DataFrame, budget) -> pd.DataFrame:
+    """The rows of one budget; a missing budget (all labels) matches missing budgets."""
+    return frame[frame["budget"].isna()] if pd.isna(budget) else frame[frame["budget"].eq(budget).fillna(False)]
+
+
 def status_text(part: pd.DataFrame) -> str:
     """Protocol and leak / oracle status of a set of cells: every title carries it."""
     protocols = ", ".join(sorted(set(part["protocol"].dropna().astype(str)) - {""})) or "–"
@@ -166,7 +171,7 @@ def comparisons(frame: pd.DataFrame, rankings: dict[str, LevelRanking], metric: 
             continue
         cells = _arm_cells(frame, arm)
         for budget, part in cells.groupby("budget", dropna=False):
-            base_part = base[base["budget"] == budget] if not pd.isna(budget) else base[base["budget"].isna()]
+            base_part = rows_of_budget(base, budget)
             tests = [(f"{level} − real-only", level, None) for level in ranking.qualified]
             if ranking.moderate is not None:
                 tests.append((f"moderate {ranking.moderate} − high {ranking.high}", ranking.moderate, ranking.high))
@@ -194,13 +199,14 @@ def claim_verdicts(table: pd.DataFrame, frame: pd.DataFrame, rankings: dict[str,
         ranking = rankings.get(arm[0])
         label = f"{arm_label(arm)} ({status_text(_arm_cells(frame, arm))})"
         if ranking is None or ranking.moderate is None:
-            qualified = ", ".join(ranking.qualified) if ranking else "none"
-            verdicts.append(ArmVerdict(arm, "Not testable", f"**Not testable** — {label}: {len(ranking.qualified) if ranking else 0} "
-                                       f"level(s) qualify as minimal shift ({qualified}); a moderate level needs 3."))
+            qualified = ranking.qualified if ranking else []
+            verdicts.append(ArmVerdict(arm, "Not testable", f"**Not testable** — {label}: {len(qualified)} level(s) "
+                                       f"qualify as minimal shift ({', '.join(qualified) or 'none'}); a moderate "
+                                       f"level needs 3."))
             continue
         rows = table[(table["arm"] == arm_label(arm))]
-        lowest = min(rows["budget"].dropna().unique(), default=None)
-        at_low = rows[rows["budget"] == lowest] if lowest is not None else rows
+        lowest = min(pd.Series(rows["budget"]).dropna().unique(), default=None)
+        at_low = rows_of_budget(rows, lowest) if lowest is not None else rows
         helps = at_low[at_low["a"].eq(ranking.moderate) & at_low["b"].eq("real-only")]["result"].iloc[0]
         hurts = at_low[at_low["b"].eq(ranking.high)]["result"].iloc[0]
         if not (helps.testable and hurts.testable):
@@ -214,7 +220,7 @@ def claim_verdicts(table: pd.DataFrame, frame: pd.DataFrame, rankings: dict[str,
         cells = _arm_cells(frame, arm)
         gains = {}
         for budget, part in cells.groupby("budget"):
-            a, b = pair(part[part["level"] == ranking.moderate], base[base["budget"] == budget], BASELINE_KEYS, metric)
+            a, b = pair(part[part["level"] == ranking.moderate], rows_of_budget(base, budget), BASELINE_KEYS, metric)
             gains[float(budget)] = a - b
         trend = budget_trend(gains, seed=cfg.seed + 7919 * (number + 1), resamples=cfg.resamples,
                              confidence=cfg.confidence)
@@ -228,14 +234,14 @@ def claim_verdicts(table: pd.DataFrame, frame: pd.DataFrame, rankings: dict[str,
                            f"{trend['slope_per_doubling']:+.4f} per doubling of the budget ({cfg.confidence:.0%} CI "
                            f"[{trend['ci'][0]:+.4f}, {trend['ci'][1]:+.4f}]; pairs per budget "
                            f"{ {int(b): n for b, n in trend['n_pairs'].items()} }): it {shrinks} as the budget grows.")
-        text = (f"**{word}** — {label}, at the lowest budget ({_budget_text(lowest)}): moderate "
+        text = (f"**{word}** — {label}, at the lowest budget ({budget_label(lowest)}): moderate "
                 f"({ranking.moderate}) − real-only: {helps.text()}; moderate − high ({ranking.high}): {hurts.text()}. "
                 f"{interaction}")
         verdicts.append(ArmVerdict(arm, word, text))
     return verdicts
 
 
-def _budget_text(budget) -> str:
+def budget_label(budget) -> str:
     return "all labels" if budget is None or pd.isna(budget) else f"{int(budget)} labels/class"
 
 
@@ -269,7 +275,7 @@ def trend_table(frame: pd.DataFrame, xs: dict[str, str], ys: list[str], cfg: Rep
                         continue
                     fit = bootstrap_trend(part[x], part[y], seed=cfg.seed + 31 * number, resamples=cfg.resamples,
                                           confidence=cfg.confidence)
-                    rows.append({"arm": arm_label(arm), "budget": _budget_text(budget), "y": y, "x": x_name, **fit})
+                    rows.append({"arm": arm_label(arm), "budget": budget_label(budget), "y": y, "x": x_name, **fit})
     return pd.DataFrame(rows)
 
 

@@ -185,7 +185,8 @@ def test_report_renders_every_section(tmp_path):
     assert "| prompt | D3 | 8 | 320 | 288 | 24 | 8 |" in text  # gate counts: 8 pools of 40 rows
     assert "| D3 | short_class | 8 |" in text  # fallback cells
     assert text.count("question ") == 3 * 10  # 10 sampled accepted rows per level
-    for image in ("accuracy_vs_level_prompt_fixed_total_budget.png", "accuracy_vs_label_fidelity_prompt_fixed_total_budget.png",
+    for image in ("accuracy_vs_level_prompt_fixed_total_budget.png",
+                  "accuracy_vs_label_fidelity_prompt_fixed_total_budget.png",
                   "accuracy_vs_vendi_q1_prompt_fixed_total_budget.png", "accuracy_id_vs_label_fidelity.png",
                   "accuracy_ood_vs_vendi_q1.png"):
         assert f"]({image})" in text

@@ -7,7 +7,7 @@ import pytest
 
 from jaxdiv import configlib
 from jaxdiv.configlib import ConfigError
-from jaxdiv.data.tasks import TaskConfig, load_task
+from jaxdiv.data.tasks import load_task
 from jaxdiv.study.config import StudyConfig
 from jaxdiv.study.runner import domain_accuracy_columns, domain_results, evaluation_splits
 
