@@ -212,3 +212,23 @@ def test_report_errors(tmp_path):
     write_study(tmp_path, gain={"D0": 0.0, "D3": 0.0, "D6": 0.0})
     with pytest.raises(ReportError, match="pools.parquet lacks column 'dcscore'"):
         write_report(tmp_path, cfg=ReportConfig(diversity_metric="dcscore"))
+
+
+def test_cli_reads_the_report_section_of_the_study_config(tmp_path, capsys):
+    import json
+
+    from jaxdiv.cli import main
+
+    write_study(tmp_path, gain={"D0": 0.0, "D3": -0.03, "D6": 0.05})
+    # a tolerance that admits D0 and D6 only: no moderate level, so the claim is not testable
+    section = {"shift_tolerance": 0.005, "resamples": 200}
+    (tmp_path / "config.json").write_text(json.dumps({"config_class": "StudyConfig", "config": {"report": section}}))
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "**Not testable** — prompt" in text and "2 level(s) qualify as minimal shift (D0, D6)" in text
+    assert "within 0.005 of the lowest" in text
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"report": {"shift_metric": "vendi_q1"}}}))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("diversity_metric and shift_metric are both 'vendi_q1'") and "Traceback" not in err[0]
