@@ -95,11 +95,13 @@ def rank_levels(pools: pd.DataFrame, mechanism: str, cfg: ReportConfig) -> Level
                               f"report.shift_metric); it has {sorted(pools.columns)}")
     part = pools[pools["mechanism"] == mechanism] if "mechanism" in pools else pools
     quality = cfg.quality_metric if cfg.quality_metric in part else None
+    scored = next((c for c in ("used_rows", "accepted") if c in part), None)
     grouped = part.groupby("level")
     table = pd.DataFrame({
         "pools": grouped.size(),
-        "accepted": grouped["accepted"].agg(lambda s: f"{s.min()}–{s.max()}" if s.min() != s.max() else f"{s.min()}")
-        if "accepted" in part else "",
+        # the rows each pool's metrics were measured on: equal n within a comparison
+        "rows scored": grouped[scored].agg(lambda s: f"{s.min()}–{s.max()}" if s.min() != s.max() else f"{s.min()}")
+        if scored else "",
         cfg.diversity_metric: grouped[cfg.diversity_metric].mean(),
         cfg.shift_metric: grouped[cfg.shift_metric].mean(),
         **({quality: grouped[quality].mean()} if quality else {}),
