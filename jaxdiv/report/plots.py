@@ -102,7 +102,8 @@ def trend_grid(frame: pd.DataFrame, x: str, path: Path, metric: str, x_label: st
     """Metric against a measured quantity, one panel per budget (rows) × proportion (columns), each
     with its own least-squares line: trends are never pooled across budgets or proportions."""
     budgets, proportions = _budgets(frame), sorted(frame["proportion"].unique())
-    fig, axes = plt.subplots(len(budgets), len(proportions), figsize=(3.6 * len(proportions), 3.0 * len(budgets)),
+    # wide enough for the two-line title even with one proportion
+    fig, axes = plt.subplots(len(budgets), len(proportions), figsize=(max(3.6 * len(proportions), 6.8), 3.0 * len(budgets)),
                              squeeze=False, sharex=True)
     for row, budget in zip(axes, budgets):
         for ax, proportion in zip(row, proportions):
@@ -122,7 +123,7 @@ def trend_grid(frame: pd.DataFrame, x: str, path: Path, metric: str, x_label: st
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         axes[0][-1].legend(handles, labels, fontsize=7, loc="best")
-    fig.suptitle(f"Test {metric} against {x_label}, within each budget × proportion\n{status}", fontsize=10)
+    fig.suptitle(f"Test {metric} against {x_label}\n(within each budget × proportion; {status})", fontsize=9)
     return _save(fig, path)
 
 

@@ -145,6 +145,8 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
                 f"\n\n{markdown_table(ranking.table)}")
         sections.append((f"Levels ranked by measured diversity ({mechanism})", body, []))
 
+    has_domains = {"accuracy_id", "accuracy_ood"} <= set(frame.columns)
+    domain_images: list[str] = []
     for arm_cells_key, part in frame[(frame["mechanism"] != REAL) & (frame["proportion"] > 0)].groupby(
             ["mechanism", "protocol", "label_probe"], dropna=False):
         mechanism, protocol, probe = arm_cells_key
@@ -168,6 +170,12 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
                 image = f"{metric}_vs_{x}_{tag}.png"
                 plots.trend_grid(attached, f"pool_{x}", out / image, metric, f"pool {x}", f"{mechanism} · {status}")
                 images.append(image)
+                if x != cfg.shift_metric and has_domains:  # study B: ID against quality and diversity, OOD too
+                    for column in ("accuracy_id", "accuracy_ood"):
+                        domain_image = f"{column}_vs_{x}_{tag}.png"
+                        plots.trend_grid(attached, f"pool_{x}", out / domain_image, column, f"pool {x}",
+                                         f"{mechanism} · {status}")
+                        domain_images.append(domain_image)
         if images:
             sections.append((f"Test {metric} against measured diversity, label fidelity and shift — {mechanism}, "
                              f"{status}", "Each panel is one budget × proportion with its own least-squares "
@@ -186,27 +194,18 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
                          f"budget (never pooled), {cfg.confidence:.0%} bootstrap CIs over cells.\n\n"
                          + markdown_table(_trend_rows(trends)), []))
 
-    if {"accuracy_id", "accuracy_ood"} <= set(frame.columns):
+    if has_domains:
         domains = [c for c in frame.columns if c.startswith("accuracy_") and c not in ("accuracy_id", "accuracy_ood")]
         id_ood = verdicts.trend_table(attached_all, xs, ["accuracy_id", "accuracy_ood"], cfg)
         summary_text, table_id_ood = verdicts.id_ood_verdict(id_ood, cfg.quality_metric, cfg.diversity_metric)
         measured = frame.dropna(subset=["accuracy_id", "accuracy_ood"])
         means = measured.groupby(["budget", "level"], dropna=False)[["accuracy_id", "accuracy_ood"]].agg(
             lambda s: "{:.3f} [{:.3f}, {:.3f}]".format(*plots.mean_and_interval(s, cfg.seed))).reset_index()
-        images = []
-        for column in ("accuracy_id", "accuracy_ood"):
-            for x in (cfg.quality_metric, cfg.diversity_metric):
-                if f"pool_{x}" in attached_all:
-                    image = f"{column}_vs_{x}.png"
-                    synthetic = attached_all[(attached_all["mechanism"] != REAL) & (attached_all["proportion"] > 0)]
-                    plots.trend_grid(synthetic, f"pool_{x}", out / image, column, f"pool {x}",
-                                     verdicts.status_text(synthetic))
-                    images.append(image)
         sections.append(("In- and out-of-distribution accuracy (study B)",
                          f"{summary_text}\n\nTest domains: {', '.join(d.removeprefix('accuracy_') for d in domains)}; "
                          "ID = the training task's test split, OOD = the mean over the other domains.\n\n"
                          + markdown_table(table_id_ood) + "\n\nMean accuracy per budget and level (95% bootstrap "
-                         "CI over cells):\n\n" + markdown_table(means), images))
+                         "CI over cells):\n\n" + markdown_table(means), domain_images))
 
     if pools is not None:
         headline = pools[[c for c in POOL_COLUMNS if c in pools.columns]]

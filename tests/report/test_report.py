@@ -187,8 +187,8 @@ def test_report_renders_every_section(tmp_path):
     assert text.count("question ") == 3 * 10  # 10 sampled accepted rows per level
     for image in ("accuracy_vs_level_prompt_fixed_total_budget.png",
                   "accuracy_vs_label_fidelity_prompt_fixed_total_budget.png",
-                  "accuracy_vs_vendi_q1_prompt_fixed_total_budget.png", "accuracy_id_vs_label_fidelity.png",
-                  "accuracy_ood_vs_vendi_q1.png"):
+                  "accuracy_vs_vendi_q1_prompt_fixed_total_budget.png", "accuracy_id_vs_label_fidelity_prompt_fixed_total_budget.png",
+                  "accuracy_ood_vs_vendi_q1_prompt_fixed_total_budget.png"):
         assert f"]({image})" in text
         assert (path.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<img src='heatmap_prompt_fixed_total_budget.png'" in (path.parent / "report.html").read_text()
