@@ -109,6 +109,48 @@ def _sample_rows(path: Path, order: list[str], cfg: ReportConfig) -> str:
     return "\n\n".join(parts)
 
 
+def _plot_sections(frame: pd.DataFrame, pools: pd.DataFrame | None, rankings: dict, base: pd.DataFrame,
+                   metric: str, cfg: ReportConfig, out: Path, has_domains: bool) -> tuple[list, list[str]]:
+    """Per arm (mechanism × protocol × label filter): accuracy against level and the heatmap, then
+    against each pool metric within budget × proportion; with test domains also the ID and OOD
+    plots (returned apart, for the study B section)."""
+    sections = []
+    domain_images: list[str] = []
+    for (mechanism, protocol, probe), part in frame[(frame["mechanism"] != REAL) & (frame["proportion"] > 0)].groupby(
+            ["mechanism", "protocol", "label_probe"], dropna=False):
+        status = verdicts.status_text(part)
+        order = rankings[mechanism].order if mechanism in rankings else sorted(part["level"].unique())
+        order = [lv for lv in order if lv in set(part["level"])]
+        tag = f"{mechanism}_{protocol}" + (f"_{probe}" if probe else "")
+        name = f"{metric}_vs_level_{tag}.png"
+        plots.accuracy_vs_level(part, base, order, out / name, metric, f"{mechanism} · {status}")
+        heat = f"heatmap_{tag}.png"
+        plots.heatmaps(part, order, out / heat, metric, f"{mechanism} · {status}")
+        sections.append((f"Test {metric} against diversity level — {mechanism}, {status}",
+                         "Lines: synthetic proportions; dashed: the real-only baseline of the budget (band: its "
+                         "95% bootstrap CI); bars: 95% bootstrap CIs over replicates. Heatmap: mean per cell.",
+                         [name, heat]))
+        attached = verdicts.attach_pool_metrics(part, pools, [cfg.diversity_metric, cfg.quality_metric,
+                                                              cfg.shift_metric])
+        images = []
+        for x in (cfg.diversity_metric, cfg.quality_metric, cfg.shift_metric):
+            if f"pool_{x}" in attached and attached[f"pool_{x}"].notna().any():
+                image = f"{metric}_vs_{x}_{tag}.png"
+                plots.trend_grid(attached, f"pool_{x}", out / image, metric, f"pool {x}", f"{mechanism} · {status}")
+                images.append(image)
+                if x != cfg.shift_metric and has_domains:  # study B: ID against quality and diversity, OOD too
+                    for column in ("accuracy_id", "accuracy_ood"):
+                        domain_image = f"{column}_vs_{x}_{tag}.png"
+                        plots.trend_grid(attached, f"pool_{x}", out / domain_image, column, f"pool {x}",
+                                         f"{mechanism} · {status}")
+                        domain_images.append(domain_image)
+        if images:
+            sections.append((f"Test {metric} against measured diversity, label fidelity and shift — {mechanism}, "
+                             f"{status}", "Each panel is one budget × proportion with its own least-squares "
+                             "line; x is the measured metric of the cell's pool.", images))
+    return sections, domain_images
+
+
 def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportConfig | None = None) -> Path:
     """Write `report/report.md`, `report/report.html` and the PNG plots; return the Markdown path."""
     study_dir = Path(study_dir)
@@ -146,41 +188,8 @@ def write_report(study_dir: str | Path, metric: str = "accuracy", cfg: ReportCon
         sections.append((f"Levels ranked by measured diversity ({mechanism})", body, []))
 
     has_domains = {"accuracy_id", "accuracy_ood"} <= set(frame.columns)
-    domain_images: list[str] = []
-    for arm_cells_key, part in frame[(frame["mechanism"] != REAL) & (frame["proportion"] > 0)].groupby(
-            ["mechanism", "protocol", "label_probe"], dropna=False):
-        mechanism, protocol, probe = arm_cells_key
-        status = verdicts.status_text(part)
-        order = rankings[mechanism].order if mechanism in rankings else sorted(part["level"].unique())
-        order = [lv for lv in order if lv in set(part["level"])]
-        tag = f"{mechanism}_{protocol}" + (f"_{probe}" if probe else "")
-        name = f"{metric}_vs_level_{tag}.png"
-        plots.accuracy_vs_level(part, base, order, out / name, metric, f"{mechanism} · {status}")
-        heat = f"heatmap_{tag}.png"
-        plots.heatmaps(part, order, out / heat, metric, f"{mechanism} · {status}")
-        sections.append((f"Test {metric} against diversity level — {mechanism}, {status}",
-                         "Lines: synthetic proportions; dashed: the real-only baseline of the budget (band: its "
-                         "95% bootstrap CI); bars: 95% bootstrap CIs over replicates. Heatmap: mean per cell.",
-                         [name, heat]))
-        attached = verdicts.attach_pool_metrics(part, pools, [cfg.diversity_metric, cfg.quality_metric,
-                                                              cfg.shift_metric])
-        images = []
-        for x in (cfg.diversity_metric, cfg.quality_metric, cfg.shift_metric):
-            if f"pool_{x}" in attached and attached[f"pool_{x}"].notna().any():
-                image = f"{metric}_vs_{x}_{tag}.png"
-                plots.trend_grid(attached, f"pool_{x}", out / image, metric, f"pool {x}", f"{mechanism} · {status}")
-                images.append(image)
-                if x != cfg.shift_metric and has_domains:  # study B: ID against quality and diversity, OOD too
-                    for column in ("accuracy_id", "accuracy_ood"):
-                        domain_image = f"{column}_vs_{x}_{tag}.png"
-                        plots.trend_grid(attached, f"pool_{x}", out / domain_image, column, f"pool {x}",
-                                         f"{mechanism} · {status}")
-                        domain_images.append(domain_image)
-        if images:
-            sections.append((f"Test {metric} against measured diversity, label fidelity and shift — {mechanism}, "
-                             f"{status}", "Each panel is one budget × proportion with its own least-squares "
-                             "line; x is the measured metric of the cell's pool.", images))
-
+    plot_sections, domain_images = _plot_sections(frame, pools, rankings, base, metric, cfg, out, has_domains)
+    sections += plot_sections
     if not table.empty:
         sections.append(("Paired comparisons", "Every qualified level against the real-only baseline, and "
                          "moderate against high, per arm and budget. \"not testable\": fewer than 3 pairs.\n\n"

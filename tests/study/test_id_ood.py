@@ -60,7 +60,8 @@ def test_every_cell_is_evaluated_on_every_domain(tmp_path, study_cfg):
 @pytest.fixture
 def movie_topics(tmp_path):
     path = tmp_path / "topics.txt"
-    path.write_text("a heist thriller\na family cartoon\na war drama\na romantic comedy\na horror sequel\n")
+    path.write_text("\n".join(["a heist thriller", "a family cartoon", "a war drama", "a romantic comedy",
+                               "a horror sequel", "a musical", "a documentary", "a western"]) + "\n")
     return path
 
 
