@@ -43,10 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """Print jaxdiv's own warnings as `jaxdiv COMMAND: warning: ...` (one line, no source line);
+    others keep Python's format."""
+    import warnings
+
+    from jaxdiv.errors import JaxdivWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, JaxdivWarning):
+            return default(message, category, filename, lineno, file, line)
+        print(f"jaxdiv {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxdiv.errors import JaxdivError
 
     args = build_parser().parse_args(argv)
+    _one_line_warnings(args.command)
     import jax
 
     # Random bits that do not depend on how an array is sharded (the default in recent jax;
