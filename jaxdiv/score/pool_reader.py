@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 
 from jaxdiv.data.pool import ACCEPTED, POOL_FILE, Pool, PoolError
+from jaxdiv.data.tasks import TABLE_BUILDERS, load_table
 
 
 @dataclasses.dataclass
@@ -42,16 +43,10 @@ def _open(path: Path) -> datasets.Dataset:
                 raise PoolError(f"{path}: a DatasetDict with splits {list(table)}; pass one split's folder")
             table = next(iter(table.values()))
         return table
-    builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
-    if builder is None:
+    if path.suffix.lower() not in TABLE_BUILDERS:
         raise PoolError(f"{path}: unsupported pool file type {path.suffix!r} "
                         f"(use .parquet, .jsonl, .json, .csv or a `datasets` directory)")
-    if path.stat().st_size == 0:
-        raise PoolError(f"{path} is empty")
-    try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # the loaders raise several kinds for a malformed file
-        raise PoolError(f"{path}: could not be read as {builder}: {err}") from err
+    return load_table(path, PoolError)
 
 
 def read_pool(path: str | Path, text_column: str = "text", label_column: str = "label",

@@ -56,7 +56,7 @@ def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
 
     what = "sft rows"
     if isinstance(source, (str, Path)):
-        source, what = data_lib.load_table(source), str(source)
+        source, what = data_lib.load_table(source, data_lib.DataError), str(source)
     rows = source.to_list() if isinstance(source, datasets.Dataset) else list(source)
     columns = (cfg.data.prompt_column, cfg.data.response_column)
     pairs = []
