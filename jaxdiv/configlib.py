@@ -233,13 +233,45 @@ def config_hash(cfg: Any) -> str:
     return content_hash(cfg)
 
 
-def save_config(cfg: Any, directory: str | Path, name: str = "config.json") -> Path:
-    """Write the fully resolved config next to a run's outputs (atomically)."""
+def save_config(cfg: Any, directory: str | Path, name: str = "config.json", *,
+                resume_safe: typing.Sequence[str] | None = None) -> Path:
+    """Write the fully resolved config next to a run's outputs (atomically).
+
+    `resume_safe`: the run resumes from what the directory holds, so an existing config.json
+    must match `cfg` except in these keys (a key, or a section prefix ending in '.'); other
+    differences raise ConfigError naming them, allowed ones are applied and recorded in the
+    file's `resumed_with_changes` list."""
     from jaxdiv.io import atomic_write_text
 
-    payload = {"config_class": type(cfg).__name__, "config_hash": config_hash(cfg),
-               "config": to_dict(cfg)}
-    return atomic_write_text(Path(directory) / name, json.dumps(payload, indent=2, default=str))
+    path = Path(directory) / name
+    current = json.loads(json.dumps(to_dict(cfg), default=str))  # tuples -> lists, as stored
+    payload = {"config_class": type(cfg).__name__, "config_hash": config_hash(cfg), "config": current}
+    if resume_safe is not None and path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            stored = previous["config"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path} is damaged ({type(err).__name__}: {err}); restore it or use a "
+                              f"new workdir") from None
+        changed = _changed_keys(stored, current)
+        refused = [k for k in changed if not any(k == s or (s.endswith(".") and k.startswith(s))
+                                                 for s in resume_safe)]
+        if refused:
+            detail = ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+            raise ConfigError(f"{path}: cannot resume with a changed config ({detail}); keep the old "
+                              f"values or use a new workdir")
+        payload["resumed_with_changes"] = previous.get("resumed_with_changes", []) + ([changed] if changed else [])
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every leaf that differs between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = {}
+        for key in sorted(set(old) | set(new)):
+            out.update(_changed_keys(old.get(key), new.get(key), f"{prefix}{key}."))
+        return out
+    return {} if old == new else {prefix.rstrip("."): (old, new)}
 
 
 def describe(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -29,6 +29,13 @@ from jaxdiv.errors import JaxdivWarning
 from jaxdiv.train.config import CheckpointConfig
 
 
+# What a resumed run may change (ConfigError for anything else, see configlib.save_config):
+# bookkeeping and layout only. Everything else (steps, learning rate, data, model) shapes the
+# schedule or the state the checkpoint already holds.
+RESUME_SAFE_KEYS = ("workdir", "log.", "checkpoint.", "mesh.", "distributed.", "optim.eval_every",
+                    "optim.eval_batch_size")
+
+
 class CheckpointWarning(JaxdivWarning):
     """A checkpoint could not be restored and an older one was used instead."""
 
