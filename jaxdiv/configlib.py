@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -158,24 +159,23 @@ def _parse_literal(text: str) -> Any:
         return text  # a bare word is a string: `--set task.name=trec`
 
 
-def apply_override(cfg: Any, key: str, value: Any) -> Any:
-    """Return a copy of `cfg` with the dotted `key` replaced by `value` (type-checked)."""
+def apply_override(cfg: Any, key: str, value: Any, prefix: str = "") -> Any:
+    """Return a copy of `cfg` with the dotted `key` replaced by `value` (type-checked).
+    `prefix`: where `cfg` sits in the whole config, for messages."""
     head, _, rest = key.partition(".")
     names = {f.name for f in dataclasses.fields(cfg)}
     if head not in names:
-        where = key if not rest else head
-        raise ConfigError(f"unknown config key {where!r} in {type(cfg).__name__}; "
-                          f"known keys: {sorted(names)}")
+        known = [prefix + name for name in sorted(names)]
+        close = difflib.get_close_matches(head, sorted(names), n=1)
+        hint = f"did you mean {prefix + close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown config key {prefix + head!r}; {hint}known keys here: {known}")
     if rest:
         child = getattr(cfg, head)
         if not dataclasses.is_dataclass(child):
-            raise ConfigError(f"{head!r} is a value, not a section; cannot set {key!r}")
-        try:
-            return dataclasses.replace(cfg, **{head: apply_override(child, rest, value)})
-        except ConfigError as err:
-            raise ConfigError(f"{head}.{err}") from None
+            raise ConfigError(f"{prefix + head!r} is a value, not a section; cannot set {prefix + key!r}")
+        return dataclasses.replace(cfg, **{head: apply_override(child, rest, value, f"{prefix}{head}.")})
     hint = _resolved_hints(type(cfg))[head]
-    return dataclasses.replace(cfg, **{head: _coerce(value, hint, head)})
+    return dataclasses.replace(cfg, **{head: _coerce(value, hint, prefix + head)})
 
 
 def apply_overrides(cfg: Any, overrides: typing.Iterable[str]) -> Any:
@@ -198,10 +198,17 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Any:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"jaxdiv_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"{path}:{err.lineno}: syntax error ({err.msg})") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {str(path)!r} defines no get_config()")
-    return apply_overrides(module.get_config(), overrides)
+    cfg = module.get_config()
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise ConfigError(f"{path}: get_config() returned a {type(cfg).__name__}, not a config "
+                          f"dataclass instance (e.g. TrainJobConfig())")
+    return apply_overrides(cfg, overrides)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -79,5 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except JaxdivError as err:
-        print(f"jaxdiv {args.command}: error: {err}", file=sys.stderr)
+        print(f"jaxdiv {args.command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every long job resumes from what it stored (pool chunks, checkpoints, study cells).
+        print(f"jaxdiv {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

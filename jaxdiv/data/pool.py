@@ -112,6 +112,9 @@ class PoolRow:
     prompt_tokens: int
     completion_tokens: int
     created: str  # ISO-8601 UTC timestamp
+    # What the server reported about itself (OpenAI backend: model id, system_fingerprint),
+    # beside the configured `generator` name a server may ignore. Absent from older pools.
+    served: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.status not in (ACCEPTED, REJECTED):
@@ -124,6 +127,12 @@ class PoolRow:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(PoolRow))
+REQUIRED_FIELDS = tuple(f.name for f in dataclasses.fields(PoolRow)
+                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+# The reason of a row whose request failed (the backend ran out of retries): stored so the
+# chunk's finished rows are kept, but not done, so the next run asks again and stores the
+# new copy in its place.
+REQUEST_FAILED = "request_failed"
 
 
 def normalise(text: str) -> str:
@@ -141,6 +150,7 @@ class Pool:
         self._rows: list[dict[str, Any]] = []
         self._seen: dict[str, str] = {}  # dedup key -> id of the first accepted row
         self._chunk_of: dict[int, str] = {}  # row index -> the chunk file holding it
+        self._failed: dict[int, dict[str, Any]] = {}  # rows whose request failed: to do again
         self._chunks = 0
         self._writer = uuid.uuid4().hex[:8]
         self._unlock = None
@@ -192,7 +202,7 @@ class Pool:
     @classmethod
     def is_complete(cls, directory: str | Path, rows: int) -> bool:
         """Whether `directory` holds a pool of at least `rows` rows (else generating it creates or resumes it)."""
-        return (Path(directory) / POOL_FILE).is_file() and len(cls.open(directory)) >= rows
+        return (Path(directory) / POOL_FILE).is_file() and len(cls.open(directory).done_rows()) >= rows
 
     def _read_chunk(self, path: Path) -> list[dict[str, Any]]:
         rows = []
@@ -201,7 +211,7 @@ class Pool:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise PoolError(f"{path}:{number}: not valid JSON ({err})") from err
-            missing = [f for f in FIELDS if f not in row]
+            missing = [f for f in REQUIRED_FIELDS if f not in row]
             if missing:
                 raise PoolError(f"{path}:{number}: row lacks fields {missing}")
             rows.append(row)
@@ -210,12 +220,18 @@ class Pool:
     def _absorb(self, rows: list[dict[str, Any]], chunk: str) -> None:
         kept = []
         for row in rows:
+            row.setdefault("served", {})
+            if row["row"] in self._failed:  # a retried request: the new copy replaces the failed one
+                self._rows.remove(self._failed.pop(row["row"]))
+                del self._chunk_of[row["row"]]
             if row["row"] in self._chunk_of:
                 warnings.warn(f"{self.directory}: row {row['row']} is stored twice (in "
                               f"{self._chunk_of[row['row']]} and {chunk}); keeping the first",
                               PoolWarning, stacklevel=3)
                 continue
             self._chunk_of[row["row"]] = chunk
+            if row["reason"].startswith(REQUEST_FAILED):
+                self._failed[row["row"]] = row
             if row["status"] == ACCEPTED:
                 self._seen.setdefault(normalise(row["text"]), row["id"])
             kept.append(row)
@@ -247,7 +263,12 @@ class Pool:
 
     # -- reading ------------------------------------------------------------------------------
     def done_rows(self) -> set[int]:
-        return set(self._chunk_of)
+        """Rows stored for good (a failed request's row is stored but not done)."""
+        return set(self._chunk_of) - set(self._failed)
+
+    def failed_rows(self) -> list[int]:
+        """Rows whose request failed: stored as rejected, asked for again by the next run."""
+        return sorted(self._failed)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -293,8 +314,8 @@ def _to_dataset(rows: list[dict[str, Any]], label_names: tuple[str, ...], with_l
     for row in rows:
         for name in FIELDS:
             value = row[name]
-            columns[name].append(json.dumps(value, sort_keys=True) if name in ("attributes", "sampling")
-                                 else value)
+            columns[name].append(json.dumps(value, sort_keys=True)
+                                 if name in ("attributes", "sampling", "served") else value)
     features = {
         "row": datasets.Value("int64"), "level": datasets.Value("int32"),
         "seed": datasets.Value("int64"), "prompt_tokens": datasets.Value("int32"),
