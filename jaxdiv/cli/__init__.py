@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from jaxdiv import __version__
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxdiv {args.command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Every long job resumes from what it stored (pool chunks, checkpoints, study cells).
+        # Every long job resumes from what it stored (pool chunks, checkpoints, study cells), all
+        # written atomically, as after a kill. So exit now: waiting for worker threads (HTTP
+        # requests in flight, a background checkpoint write) could hold Ctrl-C for minutes.
         print(f"jaxdiv {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,11 @@ import datasets
 
 from jaxdiv import assets
 from jaxdiv.configlib import ConfigError, param
-from jaxdiv.errors import JaxdivError
+from jaxdiv.errors import JaxdivError, JaxdivWarning
+
+
+class TaskWarning(JaxdivWarning):
+    """A task's data is usable but suspicious (a label holding almost no rows)."""
 
 
 class TaskError(JaxdivError, ValueError):
@@ -49,6 +54,9 @@ class TaskConfig:
     text_column: str = param("text", help="for name='file': the column holding the text")
     label_column: str = param("label", help="for name='file': the column holding the label")
     label_names: tuple[str, ...] = param((), help="for name='file': the allowed labels (empty: those found)")
+    min_class_share: float = param(0.01, ge=0.0, lt=1.0, help="for name='file' without label_names: "
+                                   "a warning lists the labels holding less than this share of the "
+                                   "rows (a stray label such as a typo becomes a class of its own)")
     validation_fraction: float = param(0.1, ge=0.0, lt=1.0, help="share of each class held out for validation")
     test_fraction: float = param(0.2, gt=0.0, lt=1.0, help="share of each class held out for testing")
     split_seed: int = param(0, help="seed of the hash-based stratified split")
@@ -211,7 +219,11 @@ def _read_file(cfg: TaskConfig) -> RawRows:
         raise TaskError(f"{path}: missing column(s) {missing}; it has {table.column_names}. "
                         f"Set task.text_column / task.label_column")
     texts = ["" if t is None else str(t) for t in table[cfg.text_column]]
-    labels = ["" if v is None else str(v) for v in table[cfg.label_column]]
+    labels = ["" if v is None else str(v).strip() for v in table[cfg.label_column]]
+    empty = [row for row, label in enumerate(labels) if not label]
+    if empty:
+        raise TaskError(f"{path}: row {empty[0]} has an empty {cfg.label_column!r}"
+                        f"{f' ({len(empty)} rows in all)' if len(empty) > 1 else ''}; every row needs a label")
     return texts, labels, LoadReport(source=str(path))
 
 
@@ -316,6 +328,13 @@ def load_task(cfg: TaskConfig) -> Task:
         names = tuple(cfg.label_names)
     else:
         names = tuple(found)
+        if cfg.name == "file":
+            counts = collections.Counter(labels)
+            rare = {label: n for label, n in sorted(counts.items()) if n < cfg.min_class_share * len(labels)}
+            if rare:
+                warnings.warn(f"{report.source}: labels {rare} each hold less than "
+                              f"{cfg.min_class_share:.0%} of {len(labels)} rows; set task.label_names "
+                              f"to make an unexpected label an error", TaskWarning, stacklevel=2)
     if len(names) < 2:
         raise TaskError(f"{report.source}: a classification task needs at least 2 labels, found {names}")
     label_ids = [names.index(label) for label in labels]

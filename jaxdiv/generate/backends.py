@@ -76,8 +76,13 @@ class OpenAIBackend:
         self.retries = 0  # total retries so far (for progress reports and tests)
 
     def complete(self, requests: Sequence[Request]) -> list[Completion]:
-        with concurrent.futures.ThreadPoolExecutor(self.cfg.concurrency) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(self.cfg.concurrency)
+        try:
             return list(pool.map(self._complete_one, requests))
+        finally:
+            # On Ctrl-C, do not wait for the requests in flight (a slow server holds them for
+            # timeout_s); nothing of this chunk is stored yet, so the next run asks again.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _payload(self, request: Request) -> bytes:
         s = request.sampling

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The training tests' session compilation cache (autouse): the tiny programs recur across tests.
+from tests.train.conftest import compilation_cache  # noqa: F401
+
 
 def assert_one_line_error(code: int, err: str, *names: str) -> str:
     """Exit status 2, no traceback, and exactly one jaxdiv line on stderr naming each of `names`.

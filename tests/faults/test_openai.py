@@ -5,6 +5,7 @@ Authorization header never puts the key in any output, file or log; every record
 parameter is sent; what the server reports about itself is recorded; `usage` with nulls is read.
 (429, 500, slow and malformed replies on the real SmolLM2 server: tests/generate/test_runner.py.)"""
 
+import contextlib
 import http.server
 import json
 import threading
@@ -29,6 +30,7 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
     retry_after_once: set = set()  # seeds answered once with 429 + Retry-After: 1
     always_fail: set = set()  # seeds always answered with 500
     echo_auth = False  # answer 401 with the request's Authorization header in the body
+    slow_s = 0.0  # wait this long before answering
 
     def log_message(self, *args):
         pass
@@ -48,6 +50,7 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         self.log.append((time.monotonic(), body, auth))
         seed = body.get("seed")
+        time.sleep(self.slow_s)
         if self.echo_auth:
             return self._send(401, {"error": {"message": f"invalid key in header: {auth}"}})
         if seed in self.retry_after_once:
@@ -62,12 +65,23 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": None, "completion_tokens": None}})
 
 
+@contextlib.contextmanager
+def server_at(handler, **settings):
+    """A threaded HTTP server with `handler` (attributes set from `settings`) on a free port."""
+    bound = type("Bound", (handler,), settings)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), bound)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+
+
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FaultServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with server_at(FaultServer) as url:
+        yield url
 
 
 def _generate(server, workdir, capfd):
