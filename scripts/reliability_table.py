@@ -68,10 +68,11 @@ def read_junit(path: Path) -> list[dict]:
 
 def describe(module: str, name: str) -> str:
     """The test's docstring on one line (the case and the expected outcome)."""
-    nodeid = f"{module.replace('.', '/')}.py::{re.sub(r'\[.*\]$', '', name)}"
+    function_name = re.sub(r"\[.*\]$", "", name)
+    nodeid = f"{module.replace('.', '/')}.py::{function_name}"
     if nodeid in ELSEWHERE:
         return ELSEWHERE[nodeid]
-    function = getattr(importlib.import_module(module), re.sub(r"\[.*\]$", "", name), None)
+    function = getattr(importlib.import_module(module), function_name, None)
     doc = " ".join((function.__doc__ or "").split()) if function else ""
     return doc or name
 

@@ -84,7 +84,7 @@ class Checkpointer:
                     raise ValueError(f"it records step {meta.get('step')}, not {step}")
                 return state, meta
             except Exception as err:  # orbax/tensorstore raise many kinds for damaged files
-                warnings.warn(f"checkpoint step {step} ({self.directory / str(step)}) is damaged or "
+                warnings.warn(f"checkpoint step {step} at {self.directory / str(step)} is damaged or "
                               f"incomplete ({_root_cause(err)}); trying an older one",
                               CheckpointWarning, stacklevel=2)
         return None
