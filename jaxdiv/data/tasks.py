@@ -143,6 +143,8 @@ def load_table(path: str | Path, error: type[JaxdivError] = TaskError) -> datase
 
 def _check_lines(path: Path, text: str, builder: str, error: type[JaxdivError]) -> None:
     lines = text.splitlines()
+    if sum(bool(line.strip()) for line in lines) <= (1 if builder == "csv" else 0):
+        raise error(f"{path} has no rows")
     if builder == "json" and path.suffix.lower() == ".jsonl":
         for number, line in enumerate(lines, 1):
             if not line.strip():

@@ -90,8 +90,9 @@ class OpenAIBackend:
         # (llama.cpp: top_k 40, min_p 0.05) for what is left out. top_k / min_p are vLLM and
         # llama.cpp extensions, where 0 disables them.
         body = {"model": self.cfg.model, "messages": list(request.messages),
-                "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
-                "max_tokens": s.max_new_tokens}
+                "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens}
+        if self.cfg.send_top_k_min_p:
+            body.update(top_k=s.top_k, min_p=s.min_p)
         if s.stop:
             body["stop"] = list(s.stop)[:4]  # the API takes at most four
         if self.cfg.send_seed:

@@ -69,6 +69,9 @@ class OpenAIBackendConfig:
                              "(a server's Retry-After header takes precedence)")
     backoff_max_s: float = param(30.0, gt=0.0, help="cap on one retry delay")
     send_seed: bool = param(True, help="send the per-row seed (servers that support it reproduce)")
+    send_top_k_min_p: bool = param(True, help="send top_k and min_p (vLLM / llama.cpp extensions) "
+                                   "even when 0, so the server's own defaults never apply unseen; "
+                                   "false only for APIs that reject them (OpenAI's own has neither)")
 
 
 @dataclasses.dataclass(frozen=True)
