@@ -272,11 +272,13 @@ def save_config(cfg: Any, directory: str | Path, name: str = "config.json", *,
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (old, new)} for every leaf that differs between two config dicts."""
+    """{dotted key: (old, new)} for every leaf that differs between two config dicts. Keys the
+    old one lacks are skipped: options added to jaxdiv since, whose defaults keep the old behaviour."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = {}
         for key in sorted(set(old) | set(new)):
-            out.update(_changed_keys(old.get(key), new.get(key), f"{prefix}{key}."))
+            if key in old:
+                out.update(_changed_keys(old[key], new.get(key), f"{prefix}{key}."))
         return out
     return {} if old == new else {prefix.rstrip("."): (old, new)}
 
