@@ -24,7 +24,7 @@ SHIFT_COLUMNS = ("data_mmd2", "data_frechet_distance")
 # The pools table in the report: the headline metric of each family (every metric is in pools.csv).
 POOL_COLUMNS = ("level", "rows", "accepted", "vendi_q1", "vendi_q1_ci", "dcscore", "dcscore_ci",
                 "mean_cosine_distance", "distinct_2", "self_bleu", "compression_ratio", "mmd2", "mmd2_ci",
-                "frechet_distance", "label_fidelity", "rejected_share", "parse_failure_share", "length_tokens_mean")
+                "frechet_distance", "label_fidelity", "parse_failure_share", "length_tokens_mean")
 
 
 class ReportError(JaxdivError, ValueError):
