@@ -113,7 +113,9 @@ class ScoreConfig:
     shift: ShiftConfig = section(ShiftConfig)
     bootstrap: BootstrapConfig = section(BootstrapConfig)
     embedder: EmbedderConfig = section(EmbedderConfig)
-    workdir: str = param("runs/score", help="where the JSON report and the resolved config are written")
+    workdir: str = param("", help="where the JSON report and the resolved config are written; empty: "
+                         "runs/score/<pool name> (the pool folder's or file's name), so scoring a "
+                         "second pool never overwrites the first")
 
     def check(self) -> None:
         if not self.text_column:

@@ -44,8 +44,12 @@ def label_ids(labels: Sequence[str], label_names: Sequence[str], source: str = "
 def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, real: Task | None = None,
                cfg: ScoreConfig = ScoreConfig(), embedder: Embedder | None = None,
                embeddings: np.ndarray | None = None, parse_failures: int = 0,
-               progress: bool = True) -> dict:
-    """Score a pool of texts (optionally labelled) against an optional real task."""
+               rejected: int | None = None, progress: bool = True) -> dict:
+    """Score a pool of texts (optionally labelled) against an optional real task.
+
+    `rejected`: rows left out of the texts for any reason (default `parse_failures`, as in a
+    plain table where a row is left out only when it does not parse); `parse_failures`: those
+    whose output could not be parsed at all. Both are reported as shares of all rows."""
     texts = list(texts)
     n = len(texts)
     if n < 2:
@@ -109,7 +113,9 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
 
     metrics = [_entry(name, families[name], value, intervals.get(name), n, bar_cfg)
                for name, value in full.items()]
-    total = n + parse_failures
+    rejected = parse_failures if rejected is None else rejected
+    total = n + rejected
+    metrics.append(_entry("rejected_share", "quality", rejected / total, None, total, bar_cfg))
     metrics.append(_entry("parse_failure_share", "quality", parse_failures / total, None, total, bar_cfg))
     return {"n": n, "n_rows": total, "real_task": real.name if real is not None else None,
             "embedder": {"model": cfg.embedder.model, "weights_hash": embedder.model_hash,

@@ -66,7 +66,13 @@ class CheckpointConfig:
     every: int = param(100, ge=0, help="save every N steps (0: only the final step)")
     keep: int = param(3, ge=1, help="keep the last K checkpoints")
     async_save: bool = param(True, help="save in the background while training continues")
-    resume: bool = param(True, help="resume from the latest good checkpoint in the workdir")
+    resume: bool = param(True, help="resume from the latest good checkpoint in the workdir. The "
+                         "config must equal the workdir's config.json except in workdir, log.*, "
+                         "checkpoint.*, mesh.*, distributed.*, optim.eval_every and "
+                         "optim.eval_batch_size (applied and recorded in config.json); any other "
+                         "change (e.g. optim.steps, which reshapes the learning-rate schedule) is "
+                         "an error naming the keys. false: train from scratch without restoring (and "
+                         "without the check)")
 
 
 @dataclasses.dataclass(frozen=True)

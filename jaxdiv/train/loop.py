@@ -27,7 +27,7 @@ from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
 from jaxdiv.sharding import batch_sharding, make_mesh
 from jaxdiv.train import data as data_lib
-from jaxdiv.train.checkpoint import Checkpointer
+from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
 from jaxdiv.train.config import OptimConfig, TrainJobConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.metrics import MetricsWriter, Throughput, bert_train_flops, classification_metrics
@@ -135,6 +135,7 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
                          out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
+    writer.truncate(start)
     throughput = Throughput(optim.batch_size, flops_per_step)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not cfg.log.progress or jax.process_index() != 0)
@@ -172,7 +173,7 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
     initialize(cfg.distributed)
     workdir = Path(workdir or cfg.workdir)
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir)
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
     prepared = prepare(cfg, train_rows, eval_splits or {}, label_names)
     spec = prepared.spec
     evals: dict[str, dict[str, float]] = {}

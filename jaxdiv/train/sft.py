@@ -27,6 +27,7 @@ from jaxdiv import configlib
 from jaxdiv.io import atomic_write_text
 from jaxdiv.sharding import batch_sharding
 from jaxdiv.train import data as data_lib
+from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS
 from jaxdiv.train.config import LMModelConfig, SFTJobConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.loop import fit, to_host
@@ -56,7 +57,7 @@ def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
 
     what = "sft rows"
     if isinstance(source, (str, Path)):
-        source, what = data_lib.load_table(source), str(source)
+        source, what = data_lib.load_table(source, data_lib.DataError), str(source)
     rows = source.to_list() if isinstance(source, datasets.Dataset) else list(source)
     columns = (cfg.data.prompt_column, cfg.data.response_column)
     pairs = []
@@ -176,7 +177,7 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
     initialize(cfg.distributed)
     workdir = Path(workdir or cfg.workdir)
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir)
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
     if rows is None and not cfg.data.path:
         raise configlib.ConfigError("data.path: no rows given; set data.path or pass --train-rows")
     pairs = read_pairs(rows if rows is not None else cfg.data.path, cfg)

@@ -117,4 +117,4 @@ def test_reads_a_generated_pool_directory(files):
                  row(3, "", REJECTED, "no question in the output")])
     read = read_pool(root / "generated")
     assert read.texts == [rows[0]["text"], rows[1]["text"]] and read.labels == ["HUM", "HUM"]
-    assert read.parse_failures == 1 and read.total_rows == 3
+    assert read.parse_failures == 1 and read.rejected == 2 and read.total_rows == 4
