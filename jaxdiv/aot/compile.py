@@ -106,6 +106,9 @@ def topology_devices(name: str) -> tuple[jax.Device, ...]:
                        "compile for TPU topologies")
     from jax.experimental import topologies
 
+    # compile-only devices touch no chip: several processes (parallel runs, tests) may load
+    # libtpu at once, which its lock file (/tmp/libtpu_lockfile) would otherwise refuse
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     with tempfile.TemporaryFile("w+") as log:
         try:
             with _stderr_to(log):

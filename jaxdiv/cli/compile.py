@@ -29,7 +29,11 @@ def _compile(args) -> int:
                                     table_rows, topology_devices, verdict, write_report)
     from jaxdiv.configlib import load_config
 
+    import jax
+
     cfg = load_config(args.config, args.overrides)
+    # compile times are part of the report: never a load from the persistent cache
+    jax.config.update("jax_enable_compilation_cache", False)
     results = compile_programs(cfg, progress=lambda line: print(line, flush=True))
     print_table(table_rows(results), HEADERS)
     print(FLOPS_CONVENTION)
