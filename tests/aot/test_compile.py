@@ -2,7 +2,6 @@
 shape fits, a grown one does not, and the exit status says so."""
 
 import importlib.util
-import re
 import subprocess
 import sys
 
