@@ -38,11 +38,13 @@ GiB = 1024**3
 # HBM per chip by JAX device kind (Google Cloud TPU documentation).
 HBM_BYTES = {"TPU v4": 32 * GiB, "TPU v5 lite": 16 * GiB, "TPU v5": 95 * GiB, "TPU v5p": 95 * GiB,
              "TPU v6 lite": 32 * GiB}
-FLOPS_CONVENTION = ("analytic FLOPs are matmul FLOPs, MaxText's convention: 6·N·T for the weights "
+FLOPS_CONVENTION = ("Analytic FLOPs are matmul FLOPs, MaxText's convention: 6·N·T for the weights "
                     "(N the matmul weights, LM head included; T the tokens) plus the attention term "
                     "with causal masking counted once (forward 2·2·T·T/2·H·D per layer and row, x3 in "
-                    "training); decode attends every cache slot. XLA's FLOPs are per device, of the "
-                    "program as compiled (rematerialisation adds about a third to a train step).")
+                    "training); decode attends every cache slot. XLA's FLOPs (`cost_analysis()`) are "
+                    "per device, of the program as compiled: every op, elementwise ones included, the "
+                    "recomputed forward of a rematerialised train step, and masked attention in full; "
+                    "a while loop's body is counted once, so the decode figure is one step of the chunk.")
 
 
 class AOTError(JaxdivError, RuntimeError):
@@ -387,14 +389,16 @@ def markdown_section(cfg: CompileConfig, results: list[ProgramResult], device_ki
 def write_report(path: str | Path, key: str, section: str) -> None:
     """(Re)write this key's section of the Markdown report, keeping every other section."""
     path = Path(path)
-    text = path.read_text() if path.exists() else (
-        "# TPU programs compiled ahead of time\n\n"
-        "Written by `jaxdiv compile` (configs/scale/): each of jaxdiv's device programs lowered "
-        "with its mesh and logical-axis rules for a TPU topology and compiled by libtpu on a "
-        "CPU-only host. Per-device bytes come from `memory_analysis()`, XLA FLOPs from "
-        f"`cost_analysis()`.\n\n{FLOPS_CONVENTION}\n")
-    begin, end = f"<!-- aot {key} -->", f"<!-- /aot {key} -->"
-    block = f"{begin}\n{section}{end}\n"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end) + "\n", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    header = ("# TPU programs compiled ahead of time\n\n"
+              "Written by `jaxdiv compile` (configs/scale/): each of jaxdiv's device programs lowered "
+              "with its mesh and logical-axis rules for a TPU topology and compiled by libtpu on a "
+              "CPU-only host. Per-device bytes come from `memory_analysis()`; a program the TPU "
+              "compiler refuses for want of HBM is marked NO with its message. Compile seconds are "
+              f"wall time on the host that ran it.\n\n{FLOPS_CONVENTION}\n")
+    blocks = re.findall(r"<!-- aot (.*?) -->\n(.*?)<!-- /aot \1 -->\n", path.read_text() if path.exists() else "",
+                        re.S)
+    sections = dict(blocks)
+    sections[key] = section
+    # the header is rewritten each time (it states the current conventions); sections keep their order
+    text = header + "".join(f"\n<!-- aot {k} -->\n{v}<!-- /aot {k} -->\n" for k, v in sections.items())
     atomic_write_text(path, text)
