@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiv.aot.config import CompileConfig
+from jaxdiv.aot.config import PROGRAMS, CompileConfig
 from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
 
@@ -374,9 +374,17 @@ def verdict(result: ProgramResult) -> str:
     return f"{result.peak_bytes / GiB:.2f} GiB per device > {result.hbm_bytes / GiB:.2f} GiB HBM"
 
 
+def report_key(cfg: CompileConfig) -> str:
+    """The report section a run (re)writes: decoder and topology, plus the programs when only some
+    ran (so a partial run never drops the rows of another)."""
+    subset = "" if tuple(cfg.programs) == PROGRAMS else " " + ",".join(cfg.programs)
+    return f"{cfg.decoder.name} {cfg.topology}{subset}"
+
+
 def markdown_section(cfg: CompileConfig, results: list[ProgramResult], device_kind: str) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## {cfg.decoder.name} on {cfg.topology} ({results[0].devices} x {device_kind})", "",
+    subset = "" if tuple(cfg.programs) == PROGRAMS else ": " + ", ".join(cfg.programs)
+    lines = [f"## {cfg.decoder.name} on {cfg.topology} ({results[0].devices} x {device_kind}){subset}", "",
              f"Compiled {when} by `jaxdiv compile` (jax {jax.__version__}). SFT: full fine-tuning, batch "
              f"{cfg.sft.batch_size} x {cfg.sft.max_length} tokens, remat={cfg.sft.remat}; LoRA comes with "
              f"issue 17. Out = outputs not aliased to donated inputs; peak = args + out + temp + code.", "",

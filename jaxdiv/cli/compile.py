@@ -26,7 +26,7 @@ def register(sub, formatter) -> None:
 
 def _compile(args) -> int:
     from jaxdiv.aot.compile import (FLOPS_CONVENTION, HEADERS, compile_programs, markdown_section,
-                                    table_rows, topology_devices, verdict, write_report)
+                                    report_key, table_rows, topology_devices, verdict, write_report)
     from jaxdiv.configlib import load_config
 
     import jax
@@ -39,7 +39,7 @@ def _compile(args) -> int:
     print(FLOPS_CONVENTION)
     if cfg.report:
         kind = topology_devices(cfg.topology)[0].device_kind
-        write_report(cfg.report, f"{cfg.decoder.name} {cfg.topology}", markdown_section(cfg, results, kind))
+        write_report(cfg.report, report_key(cfg), markdown_section(cfg, results, kind))
         print(f"report: {cfg.report}")
     too_big = [r for r in results if not r.fits]
     for r in too_big:
