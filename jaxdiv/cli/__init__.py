@@ -24,6 +24,7 @@ COMMANDS = (
     "jaxdiv.cli.report",
     "jaxdiv.cli.run",
     "jaxdiv.cli.compare",
+    "jaxdiv.cli.compile",
 )
 
 

@@ -148,6 +148,8 @@ class LMModelConfig:
     frozen_layers: int = param(0, ge=0, help="freeze the token embeddings (with a tied LM head, the head "
                                              "too) and this many bottom layers (0: train everything)")
     max_length: int = param(256, ge=8, help="tokens per example, prompt + response (longer rows are cut)")
+    remat: bool = param(False, help="recompute each decoder layer's activations in the backward pass "
+                                    "(only layer inputs stay live: long sequences fit, ~1/3 more FLOPs)")
     compute_dtype: Literal["float32", "bfloat16"] = param(
         "float32", help="matmul dtype; params and optimizer state stay float32")
 

@@ -120,6 +120,7 @@ def build_lm(cfg: LMModelConfig, seed: int):
     trainable = lm_trainable(cfg.frozen_layers)
     if cfg.pretrained:
         model, tokenizer = llama.load_pretrained(cfg.checkpoint, dtype=dtype)
+        model.remat = cfg.remat
         if cfg.frozen_layers > model.cfg.num_layers:
             raise configlib.ConfigError(f"model.frozen_layers={cfg.frozen_layers}: {cfg.checkpoint} has "
                                         f"{model.cfg.num_layers} layers")
@@ -139,7 +140,7 @@ def build_lm(cfg: LMModelConfig, seed: int):
         hidden = overrides.get("hidden_size", arch.hidden_size)
         overrides["head_dim"] = hidden // overrides.get("num_heads", arch.num_heads)
     arch = dataclasses.replace(arch, **overrides)
-    model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype)
+    model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype, remat=cfg.remat)
     return spec_of(model, arch, trainable), tokenizer
 
 
@@ -160,12 +161,13 @@ def lm_loss(spec: ModelSpec):
     return loss_fn
 
 
-def llama_train_flops(cfg, batch: int, length: int) -> float:
-    """Matmul FLOPs of one SFT step: 3x the forward (projections, attention, LM head)."""
-    h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_token_layer = 2 * (h * q * 2 + h * kv * 2 + 3 * h * cfg.intermediate_size) + 2 * 2 * length * q
-    forward = batch * length * (cfg.num_layers * per_token_layer + 2 * h * cfg.vocab_size)
-    return 3.0 * forward
+def llama_train_flops(cfg, batch: int, length: int, *, causal_once: bool = False) -> float:
+    """Matmul FLOPs of one SFT step: 3x the forward (projections, attention, LM head). Attention
+    counts every (query, key) pair as computed (causal_once: the causal half only, MaxText's
+    6·N·T + attention convention)."""
+    from jaxdiv.models.llama import forward_flops
+
+    return 3.0 * forward_flops(cfg, batch, length, length / 2 if causal_once else length)
 
 
 def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdir: str | Path | None = None
