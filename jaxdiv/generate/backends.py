@@ -40,8 +40,8 @@ class JaxBackend:
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
         model, tokenizer = load_pretrained(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
         generator = JaxGenerator(model, tokenizer, batch_buckets=cfg.batch_buckets,
-                                 prompt_buckets=cfg.prompt_buckets, decode_chunk=cfg.decode_chunk,
-                                 mesh=mesh)
+                                 max_batch=cfg.max_batch, prompt_buckets=cfg.prompt_buckets,
+                                 decode_chunk=cfg.decode_chunk, mesh=mesh)
         return cls(generator, f"jax:{Path(cfg.model).name}", weights_hash(path))
 
     def complete(self, requests: Sequence[Request]) -> list[Completion]:
@@ -94,7 +94,7 @@ class OpenAIBackend:
                 self.retries += 1
                 cap = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** attempt)
                 self._sleep(random.uniform(0, cap))  # full jitter
-        raise GenerationError(f"row {request.row_id}: {self.url} failed after "
+        raise GenerationError(f"{request.name}: {self.url} failed after "
                               f"{self.cfg.max_retries + 1} attempts: {last_error}")
 
     def _post(self, request: Request, payload: bytes) -> Completion:
@@ -110,7 +110,7 @@ class OpenAIBackend:
             if err.code == 429 or err.code >= 500:
                 raise RetryableError(f"HTTP {err.code}") from None
             detail = err.read()[:300].decode("utf-8", "replace")
-            raise GenerationError(f"row {request.row_id}: {self.url} answered HTTP {err.code}: {detail}") from None
+            raise GenerationError(f"{request.name}: {self.url} answered HTTP {err.code}: {detail}") from None
         except (TimeoutError, socket.timeout) as err:
             raise RetryableError(f"timeout after {self.cfg.timeout_s}s ({err})") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as err:

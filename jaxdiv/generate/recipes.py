@@ -21,6 +21,7 @@ never depends on other rows, and a resumed job re-plans exactly the missing rows
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -33,16 +34,19 @@ import numpy as np
 from jaxdiv.assets import cache_dir
 from jaxdiv.configlib import ConfigError
 from jaxdiv.data.pool import ACCEPTED, REJECTED, PoolRow, normalise
-from jaxdiv.data.tasks import Task
+from jaxdiv.data.tasks import Task, budget_rows
 from jaxdiv.generate.config import RecipeConfig, SamplingConfig
 from jaxdiv.generate.sampler import Completion, GenerationError, Request, SamplingParams
 from jaxdiv.io import atomic_write_text
 
-TOPICS_VERSION = 2
-TOPIC_ROW_OFFSET = 1 << 30  # topic prompts' row ids: apart from any pool row's
+TOPICS_VERSION = 3  # 3: lists cleaned by `clean_topic_lines` (2 kept numbering, questions, chatter)
+TOPIC_ROW_OFFSET = 1 << 30  # topic prompts' row ids (seeds): apart from any pool row's
 # One round of topic prompts fills a generation batch: a prompt yields about 3 new topics, and
 # prompt k's topics do not depend on which round (batch) asks it.
 TOPIC_PROMPTS_PER_ROUND = 32
+# Topic requests allowed for `count` topics before a short list is an error: 64 + 2 per topic,
+# ample where a reply brings about 3 new clean topics, fewer once the areas come round again.
+TOPIC_PROMPTS_MIN, TOPIC_PROMPTS_PER_TOPIC = 64, 2
 SYSTEM = "You write realistic examples for training a text classifier. Reply with the example only."
 
 
@@ -112,15 +116,73 @@ def _clean_line(line: str) -> str:
     return line.strip().strip("\"'“”").strip()
 
 
-def _parse_topics(text: str) -> list[str]:
-    topics = []
+# What an LLM-written topic list holds besides topics, each with the reason it is dropped.
+_CHATTER = re.compile(
+    r"^(?:here(?:'s| is| are)|sure\b|certainly|of course|okay\b|ok\b|i(?:'m| am| hope| can| will)\b|"
+    r"let me|let's|these (?:are|topics)|this (?:list|is)|note\b|feel free|hope\b|good luck|below\b|"
+    r"the following|i've|as an ai|translate|produce|please|thank|you\b|you're|your\b|we\b|my\b|"
+    r"could be|would be|might be)|!", re.IGNORECASE)
+# the instruction's own words coming back ("Numbering- a topic - ...", "Output: 1. 2. 3"),
+# "label: ..." prefixes, markup, and ID-like digits ("Insanity.1436026849", "#112165")
+_RESIDUE = re.compile(
+    r"\bnumber(?:ing|ed)\b|\bper line\b|\bwords? each\b|\bnothing else\b|\b\d+ to \d+\+? words\b|:|"
+    r"[A-Za-z][.]\d|\d{5,}|[#`|<>{}\[\]=_*]|\d+[.)]\s+\S.*\d+[.)]", re.IGNORECASE)
+_QUESTION = re.compile(r"\?|^(?:what|why|how|who|whom|whose|which|where|when|is|are|do|does|can)"
+                       r"(?:'s|\b)(?!.*\b(?:of|in)\b)", re.IGNORECASE)
+_DANGLING = {"and", "or", "but", "of", "the", "a", "an", "to", "in", "on", "for", "with", "at",
+             "by", "from", "as", "into", "about", "vs", "versus", "nor", "than", "its", "their"}
+TOPIC_MAX_WORDS = 6
+
+
+def topic_rejection(line: str) -> tuple[str, str]:
+    """(the topic a list line names, "") or (the line, why it is no topic).
+
+    Reasons: "numbering only"; "chatter" (a header, a remark about the list or to the user, an
+    exclamation); "format residue" (the instruction's own words, a "label:" prefix, markup,
+    brackets, ID-like digits as in "Insanity.1436026849", all capitals); "question"; "fragment"
+    (under 3 letters, or starting or ending on a conjunction, preposition, comma or dash, or an
+    open bracket); "too long" (over TOPIC_MAX_WORDS words: a sentence, not a topic).
+    """
+    raw = line.strip()
+    if re.fullmatch(r"[\d\s.)(:*#-]+", raw):
+        return raw, "numbering only"
+    topic = re.sub(r"^\(\d+\)\s*", "", _clean_line(raw)).rstrip(".").strip()
+    if raw.endswith(":") or _CHATTER.search(topic):
+        return raw, "chatter"
+    letters = [c for c in topic if c.isalpha()]
+    if _RESIDUE.search(topic) or (len(letters) > 4 and all(c.isupper() for c in letters)):
+        return raw, "format residue"
+    if _QUESTION.search(topic):
+        return raw, "question"
+    words = topic.split()
+    if (len(letters) < 3 or words[0].casefold() in _DANGLING - {"the", "a", "an"}
+            or words[-1].casefold().strip(",-&") in _DANGLING or topic[-1] in ",-&;("
+            or topic.count("(") != topic.count(")")):
+        return raw, "fragment"
+    if len(words) > TOPIC_MAX_WORDS:
+        return raw, "too long"
+    return topic, ""
+
+
+def clean_topic_lines(text: str, seen: set[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The new topics of one LLM reply, and the lines dropped, each with its reason.
+
+    `seen` (normalised topics already listed) is updated; a repeat is dropped as "duplicate".
+    Blank lines are skipped silently.
+    """
+    topics, dropped = [], []
     for line in text.splitlines():
-        if line.rstrip().endswith(":"):  # a header ("Here are some topics:"), not a topic
+        if not line.strip():
             continue
-        topic = _clean_line(line).rstrip(".;,")
-        if topic and 1 <= len(topic.split()) <= 6 and re.search(r"[A-Za-z]", topic):
+        topic, reason = topic_rejection(line)
+        if not reason and normalise(topic) in seen:
+            reason = "duplicate"
+        if reason:
+            dropped.append({"text": line.strip(), "reason": reason})
+        else:
+            seen.add(normalise(topic))
             topics.append(topic)
-    return topics
+    return topics, dropped
 
 
 def read_topics_file(path: str | Path) -> list[str]:
@@ -145,56 +207,63 @@ def read_topics_file(path: str | Path) -> list[str]:
 
 
 class TopicList:
-    """The task's ordered topic list, generated by the LLM on demand and cached on disk."""
+    """The task's ordered topic list, generated by the LLM on demand, cleaned, and cached on disk
+    with the lines dropped and why (`clean_topic_lines`)."""
 
     def __init__(self, task: str, backend, seed: int, brief: TaskBrief, directory: str | Path = ""):
         self.task, self.backend, self.seed, self.brief = task, backend, seed, brief
         name = re.sub(r"[^\w.-]+", "_", f"{backend.generator_id}-{backend.weights_hash}")
         self.path = (Path(directory or cache_dir() / "topics") / task /
-                     f"{name}-seed{seed}-v{TOPICS_VERSION}.jsonl")
+                     f"{name}-seed{seed}-v{TOPICS_VERSION}.json")
         self.topics: list[str] = []
+        self.dropped: list[dict[str, str]] = []
         self.prompts_used = 0  # topic prompt k always asks about area k with seed (seed, k)
         if self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            self.prompts_used = json.loads(lines[0])["prompts"]
-            self.topics = [json.loads(line)["topic"] for line in lines[1:]]
+            cached = json.loads(self.path.read_text(encoding="utf-8"))
+            self.prompts_used, self.topics, self.dropped = cached["prompts"], cached["topics"], cached["dropped"]
 
     @property
     def version(self) -> str:
         return f"llm-v{TOPICS_VERSION}:{self.path.stem}"
 
+    def request(self, prompt: int) -> Request:
+        """Topic prompt number `prompt`: the same request whichever round asks it."""
+        area = TOPIC_AREAS[prompt % len(TOPIC_AREAS)]
+        message = (f"List 10 different, specific topics that a {self.brief.unit} could be "
+                   f"about, in the area of {area}. One topic per line, 1 to 4 words "
+                   f"each, no numbering, nothing else.")
+        row = TOPIC_ROW_OFFSET + prompt
+        return Request(row_id=row, messages=({"role": "user", "content": message},),
+                       sampling=SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=80),
+                       seed=row_seed(self.seed, row),
+                       source=f"topic request {prompt} ({self.task}, area {area!r})")
+
     def first(self, count: int, progress: bool = True) -> list[str]:
-        """The first `count` topics, generating (and caching) more when needed."""
+        """The first `count` clean topics, generating (and caching) more when needed."""
         seen = {normalise(t) for t in self.topics}
-        stalled_after = self.prompts_used + 50 + 2 * count
+        limit = self.prompts_used + TOPIC_PROMPTS_MIN + TOPIC_PROMPTS_PER_TOPIC * count
         bar = None
         if progress and len(self.topics) < count:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=count, initial=len(self.topics), desc=f"topics for {self.task}", unit="topic")
         while len(self.topics) < count:
-            if self.prompts_used > stalled_after:
-                raise GenerationError(f"topic generation for {self.task} stalled at {len(self.topics)} "
-                                   f"topics (the generator returns no new parseable topics)")
-            requests = []
-            for _ in range(min(TOPIC_PROMPTS_PER_ROUND, -(-(count - len(self.topics)) // 3))):
-                prompt = self.prompts_used
-                area = TOPIC_AREAS[prompt % len(TOPIC_AREAS)]
-                message = (f"List 10 different, specific topics that a {self.brief.unit} could be "
-                           f"about, in the area of {area}. One topic per line, 1 to 4 words "
-                           f"each, no numbering, nothing else.")
-                requests.append(Request(row_id=TOPIC_ROW_OFFSET + prompt,
-                                        messages=({"role": "user", "content": message},),
-                                        sampling=SamplingParams(temperature=1.0, top_p=0.95,
-                                                                max_new_tokens=80),
-                                        seed=row_seed(self.seed, TOPIC_ROW_OFFSET + prompt)))
-                self.prompts_used += 1
+            if self.prompts_used >= limit:
+                reasons = collections.Counter(d["reason"] for d in self.dropped)
+                raise GenerationError(
+                    f"topics for task {self.task!r}: {len(self.topics)} clean topics of the {count} "
+                    f"needed after {self.prompts_used} topic requests (dropped: "
+                    f"{', '.join(f'{n} {r}' for r, n in reasons.most_common()) or 'none'}); lower "
+                    f"recipe.topic_counts or give recipe.topics_file")
+            wanted = -(-(count - len(self.topics)) // 3)  # a reply yields about 3 new topics
+            requests = [self.request(self.prompts_used + k)
+                        for k in range(min(TOPIC_PROMPTS_PER_ROUND, wanted, limit - self.prompts_used))]
+            self.prompts_used += len(requests)
             before = len(self.topics)
             for completion in self.backend.complete(requests):
-                for topic in _parse_topics(completion.text):
-                    if normalise(topic) not in seen:
-                        seen.add(normalise(topic))
-                        self.topics.append(topic)
+                topics, dropped = clean_topic_lines(completion.text, seen)
+                self.topics += topics
+                self.dropped += dropped
             self._save()
             if bar is not None:
                 bar.update(min(len(self.topics), count) - min(before, count))
@@ -203,11 +272,10 @@ class TopicList:
         return self.topics[:count]
 
     def _save(self) -> None:
-        header = {"version": TOPICS_VERSION, "task": self.task, "generator": self.backend.generator_id,
+        record = {"version": TOPICS_VERSION, "task": self.task, "generator": self.backend.generator_id,
                   "weights_hash": self.backend.weights_hash, "seed": self.seed,
-                  "prompts": self.prompts_used}
-        lines = [json.dumps(header)] + [json.dumps({"topic": t}) for t in self.topics]
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
+                  "prompts": self.prompts_used, "topics": self.topics, "dropped": self.dropped}
+        atomic_write_text(self.path, json.dumps(record, ensure_ascii=False, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +285,7 @@ class Recipe:
     """Plans row r's prompt deterministically, and parses its completion into a PoolRow."""
 
     def __init__(self, cfg: RecipeConfig, sampling: SamplingConfig, task: Task, backend, seed: int,
-                 n: int, progress: bool = True):
+                 n: int, progress: bool = True, real_budget: int = 0, real_subset: int = 0):
         self.cfg, self.task, self.backend, self.seed, self.n = cfg, task, backend, seed, n
         self.brief = BRIEFS.get(task.name, GENERIC_BRIEF)
         self.labels = list(task.label_names)
@@ -225,12 +293,22 @@ class Recipe:
         if "\n" not in self.base_sampling.stop:  # one example per reply: stop at the line's end
             self.base_sampling = dataclasses.replace(self.base_sampling,
                                                      stop=self.base_sampling.stop + ("\n",))
+        # The real rows this generator may show: the cell's budget (`budget_rows`, the rows the
+        # mixture gives the cell), unless demonstrations="all_train" asks for the leak.
+        self.label_leak = label_leak(cfg, real_budget)
+        budget = real_budget if real_budget and cfg.demonstrations == "budget" else None
         train = task.splits["train"]
-        self.by_label: dict[int, list[tuple[str, str]]] = {}
-        for row_id, text, label in zip(train["id"], train["text"], train["label"]):
-            self.by_label.setdefault(label, []).append((row_id, text))
+        ids, texts = train["id"], train["text"]
+        self.by_label: dict[int, list[tuple[str, str]]] = {
+            label: [(ids[i], texts[i]) for i in indices]
+            for label, indices in budget_rows(train, len(self.labels), budget, real_subset).items()}
+        missing = [self.labels[label] for label in range(len(self.labels)) if label not in self.by_label]
+        if missing and (cfg.few_shot or cfg.name == "paraphrase"):
+            raise ConfigError(f"task {task.name}: no real training rows of label(s) {missing} to show "
+                              f"as demonstrations")
         self.topics: list[str] = []
         self.topic_version = ""
+        self.topics_dropped: list[dict[str, str]] = []  # LLM list lines that were no topic, and why
         topic_level = {"topics": cfg.level, "paraphrase": cfg.paraphrase_base_level}.get(cfg.name)
         if topic_level is not None:
             count = cfg.topic_counts[topic_level]
@@ -243,6 +321,7 @@ class Recipe:
             else:
                 topic_list = TopicList(task.name, backend, seed, self.brief, cfg.topics_cache)
                 self.topics, self.topic_version = topic_list.first(count, progress), topic_list.version
+                self.topics_dropped = topic_list.dropped
         self.paraphrase_rows: set[int] = set()
         self.paraphrase_sources: list[tuple[str, str, int]] = []
         if cfg.name == "paraphrase":
@@ -356,7 +435,23 @@ class Recipe:
         return text, parsed, ""
 
 
+def save_topics(recipe: Recipe, directory: str | Path) -> None:
+    """topics.json in the pool folder: the topics its rows drew from, and the lines of the LLM's
+    topic list that were dropped and why (for a recipe without topics: nothing)."""
+    if recipe.topics:
+        record = {"topic_set": recipe.topic_version, "topics": recipe.topics,
+                  "dropped": recipe.topics_dropped}
+        atomic_write_text(Path(directory) / "topics.json", json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+
+
+def label_leak(cfg: RecipeConfig, real_budget: int) -> bool:
+    """Whether the generator sees real labels beyond the cell's budget (demonstrations="all_train"
+    under a budget): the report names such pools as leaking."""
+    return cfg.demonstrations == "all_train" and real_budget > 0
+
+
 def recipe_meta(recipe: Recipe) -> dict[str, Any]:
     return {"topic_set": recipe.topic_version, "topic_count": len(recipe.topics),
-            "paraphrase_rows": len(recipe.paraphrase_rows)}
+            "paraphrase_rows": len(recipe.paraphrase_rows), "label_leak": recipe.label_leak,
+            "demonstration_rows": sum(len(rows) for rows in recipe.by_label.values())}
 

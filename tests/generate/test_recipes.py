@@ -8,7 +8,7 @@ import pytest
 from jaxdiv.configlib import ConfigError
 from jaxdiv.generate.backends import OpenAIBackend
 from jaxdiv.generate.config import OpenAIBackendConfig, RecipeConfig, SamplingConfig
-from jaxdiv.generate.recipes import Recipe, _parse_topics, read_topics_file, row_seed
+from jaxdiv.generate.recipes import Recipe, clean_topic_lines, read_topics_file, row_seed
 from jaxdiv.generate.sampler import Completion
 
 # a real backend object; recipes planned from a topics file never call it
@@ -118,4 +118,6 @@ def test_topics_file_errors(tmp_path, trec_task):
 def test_topic_parsing_skips_headers_numbering_and_sentences():
     text = ("Here are 10 specific topics:\n1. Ancient Rome\n- space exploration.\n"
             "* \"Jazz music\"\nThese topics cover a wide range of interests and areas of knowledge.\n\n")
-    assert _parse_topics(text) == ["Ancient Rome", "space exploration", "Jazz music"]
+    topics, dropped = clean_topic_lines(text, set())
+    assert topics == ["Ancient Rome", "space exploration", "Jazz music"]
+    assert [d["reason"] for d in dropped] == ["chatter", "chatter"]
