@@ -41,11 +41,11 @@ from jaxdiv.io import atomic_write_text
 
 TOPICS_VERSION = 3  # 3: lists cleaned by `clean_topic_lines` (2 kept numbering, questions, chatter)
 TOPIC_ROW_OFFSET = 1 << 30  # topic prompts' row ids (seeds): apart from any pool row's
-# One round of topic prompts fills a generation batch: a prompt yields about 3 new topics, and
-# prompt k's topics do not depend on which round (batch) asks it.
+# One round of topic prompts fills a generation batch at most; prompt k's topics do not depend
+# on which round (batch) asks it.
 TOPIC_PROMPTS_PER_ROUND = 32
 # Topic requests allowed for `count` topics before a short list is an error: 64 + 2 per topic,
-# ample where a reply brings about 3 new clean topics, fewer once the areas come round again.
+# ample where a reply brings about 2 new clean topics, fewer once the areas come round again.
 TOPIC_PROMPTS_MIN, TOPIC_PROMPTS_PER_TOPIC = 64, 2
 SYSTEM = "You write realistic examples for training a text classifier. Reply with the example only."
 
@@ -255,7 +255,7 @@ class TopicList:
                     f"needed after {self.prompts_used} topic requests (dropped: "
                     f"{', '.join(f'{n} {r}' for r, n in reasons.most_common()) or 'none'}); lower "
                     f"recipe.topic_counts or give recipe.topics_file")
-            wanted = -(-(count - len(self.topics)) // 3)  # a reply yields about 3 new topics
+            wanted = -(-(count - len(self.topics)) // 2)  # SmolLM2's replies give ~2 clean topics
             requests = [self.request(self.prompts_used + k)
                         for k in range(min(TOPIC_PROMPTS_PER_ROUND, wanted, limit - self.prompts_used))]
             self.prompts_used += len(requests)
