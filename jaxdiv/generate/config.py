@@ -84,7 +84,8 @@ class RecipeConfig:
                                        "the rows that are not paraphrases")
     temperatures: tuple[float, ...] = param((0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3),
                                             help="temperature recipe: sampling temperature at D0..D6")
-    few_shot: int = param(3, ge=0, help="real training examples shown in each prompt")
+    few_shot: int = param(3, ge=0, help="real labelled examples shown in each prompt (drawn from "
+                          "the rows `demonstrations` names)")
     demonstrations: str = param("budget", help="which real rows the few-shot examples and paraphrase "
                                 "sources come from: budget = the rows the cell may see (real_budget "
                                 "per class, in real_subset's order; the whole training split when "
