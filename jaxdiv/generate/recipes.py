@@ -135,8 +135,8 @@ _CHATTER = re.compile(
 _RESIDUE = re.compile(
     r"\bnumber(?:ing|ed)\b|\bper line\b|\bwords? each\b|\bnothing else\b|\b\d+ to \d+\+? words\b|:|"
     r"[A-Za-z][.]\d|\d{5,}|[#`|<>{}\[\]=_*]|\d+[.)]\s+\S.*\d+[.)]", re.IGNORECASE)
-_QUESTION = re.compile(r"\?|^(?:what|why|how|who|whom|whose|which|where|when|is|are|do|does|can)"
-                       r"(?:'s|\b)(?!.*\b(?:of|in)\b)", re.IGNORECASE)
+_QUESTION = re.compile(r"\?|^(?:what|why|how|who|whom|whose|which|where|when|is|are|do|does)"
+                       r"(?:'s|\b(?!-))", re.IGNORECASE)  # not "How-to guides"
 _DANGLING = {"and", "or", "but", "of", "the", "a", "an", "to", "in", "on", "for", "with", "at",
              "by", "from", "as", "into", "about", "vs", "versus", "nor", "than", "its", "their"}
 TOPIC_MAX_WORDS = 6

@@ -48,7 +48,8 @@ HAND_PICKED = {
 }
 GOOD = {"1. Ancient Rome": "Ancient Rome", "- space exploration.": "space exploration",
         "* \"Jazz music\"": "Jazz music", "NASA": "NASA", "Law and order": "Law and order",
-        "6. Leadership (Avatar)": "Leadership (Avatar)", "Apollo 11": "Apollo 11"}
+        "6. Leadership (Avatar)": "Leadership (Avatar)", "Apollo 11": "Apollo 11",
+        "How-to guides": "How-to guides", "Can openers": "Can openers"}
 
 
 def test_hand_picked_lines_are_dropped_with_their_reasons():
