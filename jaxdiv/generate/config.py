@@ -91,6 +91,9 @@ class RecipeConfig:
                                 "per class, in real_subset's order; the whole training split when "
                                 "real_budget is 0); all_train = the whole training split even under a "
                                 "budget, a label leak, marked as one in pool.json (meta label_leak)")
+    shots_as: str = param("list", help="how the few-shot examples are shown: list = listed in the "
+                          "request message; turns = as earlier chat turns, each a request the "
+                          "assistant answered with the example")
     topics_file: str = param("", help="user-supplied topics (one a line, or JSONL with a 'topic' "
                              "field); empty: LLM-generated, cached and versioned")
     topics_cache: str = param("", help="folder of the cached LLM-generated topic lists "
@@ -99,6 +102,8 @@ class RecipeConfig:
     def check(self) -> None:
         if self.name not in ("topics", "paraphrase", "temperature"):
             raise ConfigError(f"name: unknown recipe {self.name!r} (topics, paraphrase, temperature)")
+        if self.shots_as not in ("list", "turns"):
+            raise ConfigError(f"shots_as: {self.shots_as!r} is not list or turns")
         if self.demonstrations not in ("budget", "all_train"):
             raise ConfigError(f"demonstrations: {self.demonstrations!r} is not budget or all_train")
         for name in ("topic_counts", "paraphrase_fractions", "temperatures"):

@@ -263,7 +263,8 @@ class TopicList:
                     f"needed after {self.prompts_used} topic requests (dropped: "
                     f"{', '.join(f'{n} {r}' for r, n in reasons.most_common()) or 'none'}); lower "
                     f"recipe.topic_counts or give recipe.topics_file")
-            wanted = -(-(count - len(self.topics)) // 2)  # SmolLM2's replies give ~2 clean topics
+            # SmolLM2's replies give ~2 clean topics; a batch of 8 costs about what one request does
+            wanted = max(8, -(-(count - len(self.topics)) // 2))
             requests = [self.request(self.prompts_used + k)
                         for k in range(min(TOPIC_PROMPTS_PER_ROUND, wanted, limit - self.prompts_used))]
             self.prompts_used += len(requests)
@@ -363,24 +364,32 @@ class Recipe:
         shots = [pool[int(i)] for i in picks]
         # small models follow a plain-language description better than a label name
         kind = self.brief.label_hints.get(name) or f"is labelled '{name}'"
-        lines = [f"Here are some {self.brief.unit}s that each {kind}:"]
-        lines += [text for _, text in shots]
-        topic, attributes = "", {}
+        unit = self.brief.unit
+        topic, attributes, about = "", {}, ""
         if cfg.name == "temperature":
             sampling = dataclasses.replace(sampling, temperature=cfg.temperatures[cfg.level])
-            lines.append(f"\nWrite one new {self.brief.unit} that {kind}.")
             template = "fewshot-v2"
         else:
             topic = self.topics[int(rng.integers(len(self.topics)))]
             attributes = {"topic_set": self.topic_version, "topic_count": len(self.topics)}
-            lines.append(f"\nWrite one new {self.brief.unit} about {topic} that {kind}.")
+            about = f" about {topic}"
             template = "topic-fewshot-v2"
-        lines.append(f"Reply with the {self.brief.unit} only.")
+        ask = f"Write one new {unit}{about} that {kind}.\nReply with the {unit} only."
+        turns: list[dict[str, str]] = []
+        if cfg.shots_as == "turns":  # each example is the assistant's answer to an earlier request
+            for _, text in shots:
+                turns += [{"role": "user", "content": f"Write one {unit} that {kind}."},
+                          {"role": "assistant", "content": text}]
+            template = template.replace("-v2", "-turns-v1")
+            message = ask
+        else:
+            message = "\n".join([f"Here are some {unit}s that each {kind}:", *(t for _, t in shots), "", ask])
         return self._plan(row, name, topic, attributes, [i for i, _ in shots], [t for _, t in shots],
-                          template, "\n".join(lines), sampling)
+                          template, message, sampling, turns)
 
-    def _plan(self, row, label, topic, attributes, shot_ids, shot_texts, template, message, sampling):
-        messages = ({"role": "system", "content": SYSTEM}, {"role": "user", "content": message})
+    def _plan(self, row, label, topic, attributes, shot_ids, shot_texts, template, message, sampling,
+              turns=()):
+        messages = ({"role": "system", "content": SYSTEM}, *turns, {"role": "user", "content": message})
         request = Request(row_id=row, messages=messages, sampling=sampling, seed=row_seed(self.seed, row))
         return RowPlan(row=row, request=request, intended_label=label, topic=topic,
                        attributes=attributes, few_shot_ids=shot_ids, few_shot_texts=shot_texts,
