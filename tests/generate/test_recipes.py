@@ -180,3 +180,21 @@ def test_all_train_demonstrations_are_a_recorded_leak(trec_task, topics_file, tm
     assert len(hashes) == 3
     with pytest.raises(ConfigError, match="demonstrations: 'some' is not budget or all_train"):
         apply_overrides(GenerateConfig(), ["recipe.demonstrations=some"])
+
+
+def test_few_shot_examples_as_chat_turns(trec_task, topics_file):
+    listed = _recipe(trec_task, topics_file, name="topics", level=3).plan(4)
+    turns = _recipe(trec_task, topics_file, name="topics", level=3, shots_as="turns").plan(4)
+    assert (turns.few_shot_ids, turns.topic, turns.intended_label) == (
+        listed.few_shot_ids, listed.topic, listed.intended_label)
+    assert [m["role"] for m in turns.request.messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert [m["content"] for m in turns.request.messages[2:-1:2]] == turns.few_shot_texts
+    assert turns.prompt == turns.request.messages[-1]["content"]
+    assert f"question about {turns.topic} that" in turns.prompt
+    assert not any(text in turns.prompt for text in turns.few_shot_texts)
+    # the listed form: the examples, then the same request
+    assert [m["role"] for m in listed.request.messages] == ["system", "user"]
+    assert listed.prompt.splitlines()[1:4] == listed.few_shot_texts and listed.prompt.endswith("\n\n" + turns.prompt)
+    assert (listed.template_id, turns.template_id) == ("topic-fewshot-v2", "topic-fewshot-turns-v1")
+    with pytest.raises(ConfigError, match="shots_as: 'chat' is not list or turns"):
+        RecipeConfig(shots_as="chat").check()
