@@ -98,7 +98,7 @@ def test_parsing_accepts_clean_rows_and_keeps_malformed_ones_with_reasons(trec_t
     truncated = _parse(recipe, plan, "The history of the volcano is long and", reason="length")
     assert truncated.reason == "truncated at max_new_tokens"
     row = _parse(recipe, plan, "What is the tallest volcano in Europe?")
-    assert (row.recipe, row.level, row.template_id, row.generator) == ("topics", 2, "topic-fewshot-v2",
+    assert (row.recipe, row.level, row.template_id, row.generator) == ("topics", 2, "topic-fewshot-turns-v1",
                                                                       BACKEND.generator_id)
     assert row.sampling["temperature"] == 0.8 and row.seed == plan.request.seed
     assert row.attributes["topic_count"] == 20 and row.topic == plan.topic
@@ -183,8 +183,8 @@ def test_all_train_demonstrations_are_a_recorded_leak(trec_task, topics_file, tm
 
 
 def test_few_shot_examples_as_chat_turns(trec_task, topics_file):
-    listed = _recipe(trec_task, topics_file, name="topics", level=3).plan(4)
-    turns = _recipe(trec_task, topics_file, name="topics", level=3, shots_as="turns").plan(4)
+    listed = _recipe(trec_task, topics_file, name="topics", level=3, shots_as="list").plan(4)
+    turns = _recipe(trec_task, topics_file, name="topics", level=3).plan(4)  # the default
     assert (turns.few_shot_ids, turns.topic, turns.intended_label) == (
         listed.few_shot_ids, listed.topic, listed.intended_label)
     assert [m["role"] for m in turns.request.messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
