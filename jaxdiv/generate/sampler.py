@@ -2,7 +2,9 @@
 
 Static shapes: a batch is padded to a batch bucket, prompts are left-padded to a prompt
 bucket, and the cache holds prompt bucket + max-new-tokens bucket slots, so a run
-compiles a handful of programs whatever the prompts. All rows decode in lock step (one
+compiles a handful of programs whatever the prompts. Unset buckets are sized from the data:
+batch buckets from the largest batch (`auto_batch_buckets`), each batch's prompt width from
+its longest prompt (`auto_prompt_width`), so any task runs without bucket settings. All rows decode in lock step (one
 shared cache write slot per step, see `jaxdiv.models.llama`); between decode chunks the
 rows still running move into the smallest batch bucket that holds them.
 
