@@ -48,8 +48,8 @@ class JaxBackend:
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
         model, tokenizer = load_pretrained(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
         generator = JaxGenerator(model, tokenizer, batch_buckets=cfg.batch_buckets,
-                                 prompt_buckets=cfg.prompt_buckets, decode_chunk=cfg.decode_chunk,
-                                 mesh=mesh)
+                                 max_batch=cfg.max_batch, prompt_buckets=cfg.prompt_buckets,
+                                 decode_chunk=cfg.decode_chunk, mesh=mesh)
         return cls(generator, f"jax:{Path(cfg.model).name}", weights_hash(path))
 
     def complete(self, requests: Sequence[Request]) -> list[Completion]:
@@ -115,7 +115,7 @@ class OpenAIBackend:
             if attempt > self.cfg.max_retries or left <= 0:
                 return Completion(row_id=request.row_id, text="", finish_reason="error", prompt_tokens=0,
                                   completion_tokens=0,
-                                  error=self._redact(f"{self.url} failed after {attempt} attempts: {error}"))
+                                  error=self._redact(f"{request.name}: {self.url} failed after {attempt} attempts: {error}"))
             self.retries += 1
             cap = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1))
             delay = min(left, error.retry_after if error.retry_after is not None
@@ -138,7 +138,7 @@ class OpenAIBackend:
             if err.code == 429 or err.code >= 500:
                 raise RetryableError(f"HTTP {err.code}", _retry_after(err.headers.get("Retry-After"))) from None
             detail = " ".join(err.read()[:300].decode("utf-8", "replace").split())
-            raise GenerationError(self._redact(f"{self.url} answered HTTP {err.code}: {detail}")) from None
+            raise GenerationError(self._redact(f"{request.name}: {self.url} answered HTTP {err.code}: {detail}")) from None
         except (TimeoutError, socket.timeout) as err:
             raise RetryableError(f"timeout after {self.cfg.timeout_s}s ({err})") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as err:

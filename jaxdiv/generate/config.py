@@ -29,11 +29,15 @@ class JaxBackendConfig:
 
     model: str = param("smollm2-135m-instruct", help="a packaged asset name, a GGUF file, or an HF "
                        "Llama/Qwen2 safetensors dir (with tokenizer.json)")
-    batch_buckets: tuple[int, ...] = param((1, 8, 32), help="batch sizes compiled for; a batch is "
-                                           "padded up to the next bucket, and shrinks to a smaller "
-                                           "one as its rows finish")
-    prompt_buckets: tuple[int, ...] = param((64, 128, 160, 192, 256, 512), help="prompt lengths compiled "
-                                            "for; prompts are left-padded up to the next bucket")
+    batch_buckets: tuple[int, ...] = param((), help="batch sizes compiled for; a batch is padded up "
+                                           "to the next bucket, and shrinks to a smaller one as its "
+                                           "rows finish; empty: max_batch, a quarter of it, and so "
+                                           "on down to 2")
+    max_batch: int = param(32, ge=1, help="the largest batch when batch_buckets is empty")
+    prompt_buckets: tuple[int, ...] = param((), help="prompt lengths compiled for; prompts are "
+                                            "left-padded up to the next bucket; empty: sized from the "
+                                            "prompts, each batch's longest rounded up to a multiple of "
+                                            "64 (of 1/4 of the power of two below it, past 256)")
     decode_chunk: int = param(16, ge=1, help="decode steps run on device between host checks for "
                               "stop strings and finished rows")
     dtype: str = param("float32", help="compute and param dtype: float32 or bfloat16")
@@ -43,8 +47,9 @@ class JaxBackendConfig:
             raise ConfigError(f"dtype: {self.dtype!r} is not float32 or bfloat16")
         for name in ("batch_buckets", "prompt_buckets"):
             values = getattr(self, name)
-            if not values or any(v < 1 for v in values) or list(values) != sorted(values):
-                raise ConfigError(f"{name}: must be increasing positive sizes, got {values}")
+            if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+                raise ConfigError(f"{name}: must be increasing positive sizes (or empty: "
+                                  f"automatic), got {values}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +95,17 @@ class RecipeConfig:
                                        "the rows that are not paraphrases")
     temperatures: tuple[float, ...] = param((0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3),
                                             help="temperature recipe: sampling temperature at D0..D6")
-    few_shot: int = param(3, ge=0, help="real training examples shown in each prompt")
+    few_shot: int = param(3, ge=0, help="real labelled examples shown in each prompt (drawn from "
+                          "the rows `demonstrations` names)")
+    demonstrations: str = param("budget", help="which real rows the few-shot examples and paraphrase "
+                                "sources come from: budget = the rows the cell may see (real_budget "
+                                "per class, in real_subset's order; the whole training split when "
+                                "real_budget is 0); all_train = the whole training split even under a "
+                                "budget, a label leak, marked as one in pool.json (meta label_leak)")
+    shots_as: str = param("turns", help="how the few-shot examples are shown: turns = as earlier "
+                          "chat turns, each a request the assistant answered with the example; list = "
+                          "listed in the request message (the form before issue 14: on SmolLM2 it "
+                          "gave 44 accepted rows of 96 against 92 with turns, and more echo)")
     topics_file: str = param("", help="user-supplied topics (one a line, or JSONL with a 'topic' "
                              "field); empty: LLM-generated, cached and versioned")
     topics_cache: str = param("", help="folder of the cached LLM-generated topic lists "
@@ -99,6 +114,10 @@ class RecipeConfig:
     def check(self) -> None:
         if self.name not in ("topics", "paraphrase", "temperature"):
             raise ConfigError(f"name: unknown recipe {self.name!r} (topics, paraphrase, temperature)")
+        if self.shots_as not in ("list", "turns"):
+            raise ConfigError(f"shots_as: {self.shots_as!r} is not list or turns")
+        if self.demonstrations not in ("budget", "all_train"):
+            raise ConfigError(f"demonstrations: {self.demonstrations!r} is not budget or all_train")
         for name in ("topic_counts", "paraphrase_fractions", "temperatures"):
             if len(getattr(self, name)) != 7:
                 raise ConfigError(f"{name}: needs 7 values, one per level D0..D6")

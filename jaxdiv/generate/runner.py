@@ -11,7 +11,7 @@ from jaxdiv import configlib
 from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import load_task
 from jaxdiv.generate.config import GenerateConfig
-from jaxdiv.generate.recipes import Recipe, recipe_meta
+from jaxdiv.generate.recipes import Recipe, label_leak, recipe_meta, save_topics
 from jaxdiv.io import atomic_write_text
 
 
@@ -23,7 +23,7 @@ def pool_meta(cfg: GenerateConfig, task, backend) -> dict:
                           if cfg.backend == "openai" else None)
     return {"task": task.name, "label_names": list(task.label_names), "recipe": cfg.recipe.name,
             "level": cfg.recipe.level, "n": cfg.n, "generator": backend.generator_id,
-            "weights_hash": backend.weights_hash,
+            "weights_hash": backend.weights_hash, "label_leak": label_leak(cfg.recipe, cfg.real_budget),
             "identity_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}
 
 
@@ -31,7 +31,7 @@ def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Po
     """Generate `cfg.n` rows into `cfg.workdir` (resuming what is there); returns the pool."""
     from tqdm.auto import tqdm
 
-    from jaxdiv.generate.backends import make_backend
+    from jaxdiv.generate.backends import JaxBackend, make_backend
 
     task = load_task(cfg.task)
     if backend is None:
@@ -44,8 +44,12 @@ def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Po
     workdir = Path(cfg.workdir)
     pool = Pool.create(workdir, pool_meta(cfg, task, backend))
     configlib.save_config(cfg, workdir)
-    recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=progress)
+    recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=progress,
+                    real_budget=cfg.real_budget, real_subset=cfg.real_subset)
     atomic_write_text(workdir / "recipe.json", json.dumps(recipe_meta(recipe), indent=2))
+    save_topics(recipe, workdir)
+    if isinstance(backend, JaxBackend):
+        backend.generator.take_buckets_used()  # from here on: the shapes of this pool's rows
     done = pool.done_rows()
     todo = [row for row in range(cfg.n) if row not in done]
     counts = pool.counts()
@@ -64,4 +68,19 @@ def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Po
         bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}",
                         accept=f"{counts['accepted'] / max(counts['rows'], 1):.0%}")
     bar.close()
+    if isinstance(backend, JaxBackend):
+        record_buckets(workdir / "buckets.json", backend.generator)
     return pool
+
+
+def record_buckets(path: Path, generator) -> None:
+    """buckets.json: the batch and prompt buckets the JAX generator ran this pool's rows in (with
+    those of earlier, resumed runs), and whether they were sized from the prompts."""
+    used = {kind: set(sizes) for kind, sizes in generator.take_buckets_used().items()}
+    if path.is_file():
+        for kind, sizes in json.loads(path.read_text())["used"].items():
+            used[kind] |= set(sizes)
+    record = {"used": {kind: sorted(sizes) for kind, sizes in used.items()},
+              "batch_buckets": list(generator.batch_buckets), "prompt_buckets": list(generator.prompt_buckets)
+              or "automatic (auto_prompt_width of each batch's longest prompt)"}
+    atomic_write_text(path, json.dumps(record, indent=2))

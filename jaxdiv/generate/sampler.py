@@ -2,7 +2,9 @@
 
 Static shapes: a batch is padded to a batch bucket, prompts are left-padded to a prompt
 bucket, and the cache holds prompt bucket + max-new-tokens bucket slots, so a run
-compiles a handful of programs whatever the prompts. All rows decode in lock step (one
+compiles a handful of programs whatever the prompts. Unset buckets are sized from the data:
+batch buckets from the largest batch (`auto_batch_buckets`), each batch's prompt width from
+its longest prompt (`auto_prompt_width`), so any task runs without bucket settings. All rows decode in lock step (one
 shared cache write slot per step, see `jaxdiv.models.llama`); between decode chunks the
 rows still running move into the smallest batch bucket that holds them.
 
@@ -55,6 +57,11 @@ class Request:
     messages: tuple[dict, ...]
     sampling: SamplingParams
     seed: int = 0
+    source: str = ""  # what the request is, for error messages (default: "row <row_id>")
+
+    @property
+    def name(self) -> str:
+        return self.source or f"row {self.row_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,11 +217,25 @@ def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_to
                         lambda: greedy)
 
 
-def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
-    for size in buckets:
-        if value <= size:
-            return size
-    raise GenerationError(f"{what} {value} exceeds the largest bucket {buckets[-1]}; add a larger one")
+def _bucket(value: int, buckets: Sequence[int]) -> int:
+    return next(size for size in buckets if value <= size)
+
+
+def auto_batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """max_batch, a quarter of it, and so on down to 2: a shrinking batch drops to a bucket at
+    most 4x its live rows, with few programs to compile."""
+    sizes = [max_batch]
+    while sizes[-1] > 2:
+        sizes.append(max(2, math.ceil(sizes[-1] / 4)))
+    return tuple(sorted(set(sizes)))
+
+
+def auto_prompt_width(length: int) -> int:
+    """A prompt bucket sized from the data: `length` rounded up to a multiple of 64, or past 256
+    of a quarter of the power of two below it, so padding stays under 25% and any range of
+    lengths compiles about four widths per doubling."""
+    step = max(64, 1 << max(0, length.bit_length() - 3))
+    return -(-length // step) * step
 
 
 def _stop_at(text: str, stops: Sequence[str]) -> int | None:
@@ -225,10 +246,11 @@ def _stop_at(text: str, stops: Sequence[str]) -> int | None:
 class JaxGenerator:
     """Batched generation with a Llama-family model. Thread-compatible, not thread-safe."""
 
-    def __init__(self, model: Llama, tokenizer: ChatTokenizer, *,
-                 batch_buckets: Sequence[int] = (1, 8, 32),
-                 prompt_buckets: Sequence[int] = (64, 128, 256, 512), decode_chunk: int = 16,
+    def __init__(self, model: Llama, tokenizer: ChatTokenizer, *, batch_buckets: Sequence[int] = (),
+                 max_batch: int = 32, prompt_buckets: Sequence[int] = (), decode_chunk: int = 16,
                  mesh: jax.sharding.Mesh | None = None, stop_at_eos: bool = True):
+        """Empty `batch_buckets`: `auto_batch_buckets(max_batch)`; empty `prompt_buckets`: each
+        batch's width is `auto_prompt_width` of its longest prompt."""
         self.tokenizer = tokenizer
         self.cfg = model.cfg
         self.mesh = mesh
@@ -237,8 +259,9 @@ class JaxGenerator:
         # lone row runs with a padding row, as XLA's CPU matmuls are several times slower for
         # one row than for two (10x for the 49k-vocabulary LM head).
         self.batch_buckets = tuple(sorted({math.ceil(max(b, 2) / data_size) * data_size
-                                           for b in batch_buckets}))
+                                           for b in batch_buckets or auto_batch_buckets(max_batch)}))
         self.prompt_buckets = tuple(prompt_buckets)
+        self.buckets_used: dict[str, set[int]] = {"batch": set(), "prompt": set()}  # see take_buckets_used
         self.decode_chunk = decode_chunk
         self.graphdef, self.state = nnx.split(model)
         eos = set(model.cfg.eos_token_ids) | set(tokenizer.eos_token_ids)
@@ -304,10 +327,32 @@ class JaxGenerator:
 
     # -- host side --------------------------------------------------------------------------
     def encode(self, request: Request) -> list[int]:
+        """The prompt's token ids; an error naming the request if it is empty or does not fit."""
         ids = self.tokenizer.encode_chat(list(request.messages))
         if not ids:
-            raise GenerationError(f"row {request.row_id}: the prompt encodes to no tokens")
+            raise GenerationError(f"{request.name}: the prompt encodes to no tokens")
+        context = self.cfg.max_position_embeddings
+        if len(ids) + request.sampling.max_new_tokens > context:
+            raise GenerationError(f"{request.name}: the prompt's {len(ids)} tokens plus max_new_tokens "
+                                  f"{request.sampling.max_new_tokens} exceed the model's context of "
+                                  f"{context} tokens")
+        if self.prompt_buckets and len(ids) > self.prompt_buckets[-1]:
+            raise GenerationError(f"{request.name}: the prompt's {len(ids)} tokens exceed the largest "
+                                  f"prompt bucket {self.prompt_buckets[-1]}; add a larger one, or leave "
+                                  f"prompt_buckets empty to size them from the prompts")
         return ids
+
+    def take_buckets_used(self) -> dict[str, list[int]]:
+        """The batch and prompt buckets run since the last call (a job's record of its shapes)."""
+        used = {kind: sorted(sizes) for kind, sizes in self.buckets_used.items()}
+        self.buckets_used = {kind: set() for kind in used}
+        return used
+
+    def prompt_width(self, longest: int) -> int:
+        """The padded prompt length of a batch whose longest prompt has `longest` tokens."""
+        if self.prompt_buckets:
+            return _bucket(longest, self.prompt_buckets)
+        return min(auto_prompt_width(longest), self.cfg.max_position_embeddings)
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         """Completions in the order of `requests`. Batches group rows of like static settings."""
@@ -327,9 +372,10 @@ class JaxGenerator:
         return [results[i] for i in range(len(requests))]
 
     def _run_batch(self, batch, top_k: int, use_top_p: bool) -> list[Completion]:
-        size = _bucket(len(batch), self.batch_buckets, "batch size")
-        longest = max(len(ids) for _, _, ids in batch)
-        width = _bucket(longest, self.prompt_buckets, f"prompt length (row {batch[0][1].row_id})")
+        size = _bucket(len(batch), self.batch_buckets)
+        width = self.prompt_width(max(len(ids) for _, _, ids in batch))
+        self.buckets_used["batch"].add(size)
+        self.buckets_used["prompt"].add(width)
         max_new = max(r.sampling.max_new_tokens for _, r, _ in batch)
         new_slots = math.ceil(max_new / self.decode_chunk) * self.decode_chunk
         tokens = np.full((size, width), self.pad_id, np.int32)
@@ -377,8 +423,9 @@ class JaxGenerator:
             if done.all():
                 break
             live = np.flatnonzero(~done)
-            smaller = _bucket(len(live), self.batch_buckets, "batch size")
+            smaller = _bucket(len(live), self.batch_buckets)
             if smaller < len(order):  # finished rows would only decode padding: drop them
+                self.buckets_used["batch"].add(smaller)
                 keep = np.concatenate([live, np.full(smaller - len(live), live[0])])
                 cache, per_row = self._shrink(cache, per_row, self._place(keep.astype(np.int32)))
                 done = np.arange(smaller) >= len(live)

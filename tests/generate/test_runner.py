@@ -156,11 +156,12 @@ def test_pool_through_the_openai_backend_with_llm_topics(server, jax_backend, tm
     backend = _openai(server, timeout_s=120.0)
     pool = run_generate(cfg, backend=backend, progress=False)
     assert pool.counts()["rows"] == 8
-    cached = list((tmp_path / "topics" / "trec").glob("*.jsonl"))
+    cached = list((tmp_path / "topics" / "trec").glob("*.json"))
     assert len(cached) == 1
-    lines = cached[0].read_text().splitlines()
-    assert json.loads(lines[0])["version"] == 1 and len(lines) - 1 >= 5
-    topics = [json.loads(line)["topic"] for line in lines[1:6]]
+    record = json.loads(cached[0].read_text())
+    assert record["version"] == 3 and len(record["topics"]) >= 5
+    topics = record["topics"][:5]
+    assert json.loads((tmp_path / "pool" / "topics.json").read_text())["topics"] == topics
     rows = pool.rows()
     assert {r["topic"] for r in rows} <= set(topics)
     assert all(r["generator"] == backend.generator_id and r["attributes"]["topic_count"] == 5 for r in rows)

@@ -239,6 +239,48 @@ def test_stop_strings_and_max_new_tokens(tiny_generator):
 
 def test_overlong_prompt_is_a_named_error(tiny_generator):
     model, tokenizer, _ = tiny_generator
-    generator = JaxGenerator(model, tokenizer, batch_buckets=(1,), prompt_buckets=(16,))
-    with pytest.raises(GenerationError, match=r"prompt length \(row 0\) \d+ exceeds the largest bucket 16"):
-        generator.generate(_requests(["word " * 40], SAMPLED))
+    generator = JaxGenerator(model, tokenizer, batch_buckets=(1,), prompt_buckets=(40,))
+    requests = _requests(["Hi.", "word " * 40], SAMPLED)  # 32 tokens (the chat template's), ~70
+    with pytest.raises(GenerationError, match=r"^row 1: the prompt's \d+ tokens exceed the largest "
+                                              r"prompt bucket 40; add a larger one, or leave"):
+        generator.generate(requests)
+    named = Request(7, requests[1].messages, SAMPLED, source="topic request 3 (trec, area 'music')")
+    with pytest.raises(GenerationError, match=r"^topic request 3 \(trec, area 'music'\): the prompt's"):
+        generator.generate([named])
+
+
+def test_automatic_buckets_are_sized_from_the_prompts(tiny_generator):
+    from jaxdiv.generate.sampler import auto_batch_buckets, auto_prompt_width
+
+    assert auto_batch_buckets(32) == (2, 8, 32) and auto_batch_buckets(64) == (2, 4, 16, 64)
+    assert auto_batch_buckets(1) == (1,) and auto_batch_buckets(3) == (2, 3)
+    widths = {n: auto_prompt_width(n) for n in (1, 64, 65, 200, 256, 257, 600, 1500, 5000)}
+    assert widths == {1: 64, 64: 64, 65: 128, 200: 256, 256: 256, 257: 320, 600: 640, 1500: 1536,
+                      5000: 5120}
+    model, tokenizer, fixed = tiny_generator
+    auto = JaxGenerator(model, tokenizer, max_batch=8, decode_chunk=4)
+    assert auto.batch_buckets == (2, 8) and auto.prompt_buckets == ()
+    prompts = ["Tell me about cats.", "word " * 100, "word " * 300]  # ~30, ~130, ~330 tokens
+    lengths = [len(auto.encode(r)) for r in _requests(prompts, SAMPLED)]
+    auto.take_buckets_used()
+    got = [auto.generate(_requests([p], SAMPLED, seed=7)) for p in prompts]
+    assert auto.take_buckets_used() == {"batch": [2], "prompt": sorted(auto_prompt_width(n) for n in lengths)}
+    assert sorted(auto_prompt_width(n) for n in lengths) == [64, 192, 384]
+    # the same rows as under fixed buckets wide enough for each
+    for prompt, completion in zip(prompts, got):
+        wide = JaxGenerator(model, tokenizer, batch_buckets=(2,), prompt_buckets=(512,), decode_chunk=4)
+        assert [c.text for c in wide.generate(_requests([prompt], SAMPLED, seed=7))] == [c.text for c in completion]
+    assert auto.take_buckets_used() == {"batch": [], "prompt": []}
+
+
+def test_prompt_beyond_the_models_context_is_a_named_error(smollm2):
+    _, tokenizer = smollm2
+    cfg = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                            num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                            eos_token_ids=(2,), max_position_embeddings=128)
+    generator = JaxGenerator(llama.Llama(cfg, rngs=nnx.Rngs(0)), tokenizer, max_batch=2)
+    fits = generator.generate(_requests(["Hi."], SAMPLED))
+    assert fits[0].completion_tokens == 12 and generator.take_buckets_used()["prompt"] == [64]
+    with pytest.raises(GenerationError, match=r"^row 1: the prompt's \d+ tokens plus max_new_tokens 12 "
+                                              r"exceed the model's context of 128 tokens$"):
+        generator.generate(_requests(["Hi.", "word " * 120], SAMPLED))
