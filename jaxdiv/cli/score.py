@@ -18,7 +18,8 @@ def register(sub, formatter) -> None:
                     "Families: embedding diversity (Vendi q=0.5/1/2/inf, mean cosine distance, chamfer, "
                     "DCScore, k-means, log-det, effective rank), lexical (distinct-n, n-gram entropy, "
                     "self-BLEU, gzip ratio, self-repetition), quality (exact / near duplicates, label "
-                    "fidelity, parse failures), complexity proxies, and with --real the shift against the "
+                    "fidelity, parse failures, and a generated pool's rows rejected per reason: parse "
+                    "failures and the quality gates), complexity proxies, and with --real the shift against the "
                     "real task's training split (MMD^2, Frechet; overall and per label).\n"
                     "Every set metric gets a seeded half-sample confidence interval and its subsample bias.\n\n"
                     "Writes WORKDIR/score_report.json and WORKDIR/config.json, and prints a table.",
@@ -53,7 +54,7 @@ def _run(args) -> int:
     pool = read_pool(args.pool, cfg.text_column, cfg.label_column, cfg.parse_error_column)
     real = load_task(cfg.task) if cfg.real else None
     report = score_pool(pool.texts, pool.labels, real=real, cfg=cfg, parse_failures=pool.parse_failures,
-                        progress=not args.no_progress)
+                        rejections=pool.rejections, progress=not args.no_progress)
     report["pool"] = pool.source
     workdir = Path(cfg.workdir)
     configlib.save_config(cfg, workdir)
@@ -68,5 +69,7 @@ def _run(args) -> int:
     print_table(rows, ("family", "metric", "value", f"{cfg.bootstrap.level:.0%} CI", "half-sample bias"))
     for key, value in report["info"].items():
         print(f"  {key}: {value}")
+    for reason, entry in report["rejections"].items():
+        print(f"  rejected ({reason}): {entry['rows']} rows, {entry['share']:.1%}")
     print(f"report: {path}")
     return 0

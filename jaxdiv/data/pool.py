@@ -191,9 +191,11 @@ class Pool:
     def rows(self) -> list[dict[str, Any]]:
         return sorted(self._rows, key=lambda r: r["row"])
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
+        """rows, accepted, rejected, and reasons: {rejection reason: rows} (`reasons()`)."""
         accepted = sum(r["status"] == ACCEPTED for r in self._rows)
-        return {"rows": len(self._rows), "accepted": accepted, "rejected": len(self._rows) - accepted}
+        return {"rows": len(self._rows), "accepted": accepted, "rejected": len(self._rows) - accepted,
+                "reasons": self.reasons()}
 
     def reasons(self) -> dict[str, int]:
         """Rejection reasons with their counts, details dropped ('duplicate of X' -> 'duplicate',

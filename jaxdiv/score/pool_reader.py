@@ -1,8 +1,9 @@
 """Read a pool to score: a generated-pool directory, parquet, JSONL / JSON, CSV, or a `datasets` directory.
 
 - A generated-pool directory (`jaxdiv.data.pool`, with its `pool.json`): its accepted rows are
-  scored with their labels; rows it rejected for any reason other than being a duplicate count
-  as parse failures (duplicates are the pool's own dedup, reported by `Pool.reasons()`).
+  scored with their labels; every rejection reason is counted (`rejections`, from
+  `Pool.reasons()`); rows rejected for a reason other than a duplicate or a quality gate
+  (`jaxdiv.generate.gates.GATE_REASONS`) count as parse failures.
 - Any other table with a text column (and optionally a label column): a row *failed to parse*
   when its text is missing or blank, or when the table has a `parse_error_column` and that
   row's value there is non-empty.
@@ -25,6 +26,7 @@ class PoolRows:
     texts: list[str]            # the rows that parsed
     labels: list[str] | None    # their labels as strings (None: the pool has no label column)
     total_rows: int             # all rows, parse failures included
+    rejections: dict[str, int] = dataclasses.field(default_factory=dict)  # generated pools: reason -> rows
 
     @property
     def parse_failures(self) -> int:
@@ -80,8 +82,11 @@ def read_pool(path: str | Path, text_column: str = "text", label_column: str = "
 
 
 def _read_generated_pool(path: Path) -> PoolRows:
+    from jaxdiv.generate.gates import GATE_REASONS
+
     pool = Pool.open(path)
     accepted = [r for r in pool.rows() if r["status"] == ACCEPTED]
-    failed = sum(r["status"] != ACCEPTED and not r["reason"].startswith("duplicate") for r in pool.rows())
+    rejections = pool.reasons()
+    failed = sum(n for reason, n in rejections.items() if reason != "duplicate" and reason not in GATE_REASONS)
     return PoolRows(str(path), [r["text"] for r in accepted], [r["intended_label"] for r in accepted],
-                    len(accepted) + failed)
+                    len(accepted) + failed, rejections)
