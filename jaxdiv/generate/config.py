@@ -121,10 +121,10 @@ class GatesConfig:
                              "end (the task's end mark, else a sentence end)")
     echo: bool = param(True, help="reject a completion that restates the prompt's instruction or "
                        "copies a few-shot example")
-    echo_bigram_share: float = param(0.5, gt=0.0, le=1.0, help="echo: share of the completion's word "
+    echo_bigram_share: float = param(0.4, gt=0.0, le=1.0, help="echo: share of the completion's word "
                                      "bigrams that also occur in the instruction, at or above which it "
-                                     "is an echo")
-    echo_jaccard: float = param(0.6, gt=0.0, le=1.0, help="echo: word-set Jaccard similarity to any "
+                                     "is an echo (and at least 3 of them)")
+    echo_jaccard: float = param(0.75, gt=0.0, le=1.0, help="echo: word-set Jaccard similarity to any "
                                 "few-shot example at or above which it is an echo")
     chatter: bool = param(True, help="reject assistant chatter: meta-phrases ('Here's a new ...', "
                           "'Sure!', 'As an AI', 'I'm ready to help') and addressing the user")

@@ -11,19 +11,22 @@ that fires:
 2. **echo** (`gates.echo`): the completion restates its prompt instead of answering it:
    - it starts like the prompt's own instruction lines ("Write one new ...", "Here are some ...",
      "Reply with ...", "Paraphrase this ..."); or
-   - at least `echo_bigram_share` of its word bigrams occur in the instruction (the prompt with
-     the few-shot texts taken out); or
+   - at least `echo_bigram_share` of its word bigrams, and at least 3, occur in the instruction
+     (the prompt with the few-shot texts taken out); or
    - its word set has Jaccard similarity at least `echo_jaccard` with a few-shot example (a
      near copy; the exact copy is the parser's "copies a few-shot example").
 3. **chatter** (`gates.chatter`): the completion talks as an assistant, not as the example asked
    for. Rules (case-insensitive, on the parsed text and on the raw output's first line):
-   - meta-phrases about the reply itself: "here is/here's (a/an/the/my/one) (new) ...",
-     "sure", "certainly", "of course", "absolutely", "okay/ok," at the start, "as an AI",
-     "I'm (ready/happy/glad/here) to help", "I can help", "I'd be happy", "I hope this helps",
-     "(new) question/text/example/review/message:" headers left over after the parse;
+   - meta-phrases about the reply or the task: "here is/here's/here are ...", "sure",
+     "certainly", "of course", "absolutely", "okay/ok," at the start, "as an AI", "(ready/happy/
+     glad/here) to help/assist", "I can help", "I'd be happy", "I hope this helps",
+     "(new) question/text/example/review/message/sentence N:" headers left over after the parse,
+     a bare header line (at most 4 words ending in ":"), "let's ...", "the answer to/is",
+     a text that starts by naming what it is ("This is a question", "A question about", "The
+     first example");
    - addressing the user: "can/may I help/assist you", "how can I help", "let me know", "feel
-     free", "you asked", "your question/request", "would you like me to", "do you need", "is there
-     anything (else)".
+     free", "you asked/provided/gave", "your (...) question/request/query/snippet/review/turn/mind",
+     "this query/prompt/instruction", "would you like me to", "do you need", "is there anything".
    Ordinary second-person text ("What do you call a baby kangaroo?") is not chatter: the rules
    name the assistant's stock phrases, not the word "you".
 4. **label_probe** (`gates.labels.label_probe`): a logistic-regression probe on MiniLM embeddings
@@ -62,26 +65,35 @@ TRUNCATED, ECHO, CHATTER, NEAR_DUPLICATE = "truncated", "echo", "chatter", "near
 LABEL_PROBE, LABEL_PROBE_ORACLE = "label_probe", "label_probe_oracle"
 GATE_REASONS = (TRUNCATED, ECHO, CHATTER, LABEL_PROBE, LABEL_PROBE_ORACLE, NEAR_DUPLICATE)
 
+# a text shares a bigram or two with any instruction by chance ("the film", "of the")
+ECHO_MIN_BIGRAMS = 3
 SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
 INSTRUCTION_START = re.compile(r"^(?:write (?:one|a) new|here are some|reply with|paraphrase this)\b",
                                re.IGNORECASE)
 CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
-    # meta-phrases about the reply itself
+    # meta-phrases about the reply or the task itself
     r"^\W*here(?:'s| is| are)\b",
     r"^\W*(?:sure|certainly|of course|absolutely|okay|ok)\b\W",
+    r"^\W*let(?:'s| us)\b",
     r"\bas an ai\b",
-    r"\bi(?:'m| am) (?:ready|happy|glad|here) to help\b",
+    r"\b(?:ready|happy|glad|here) to (?:help|assist)\b",
     r"\bi can help\b",
     r"\bi(?:'d| would) be (?:happy|glad)\b",
     r"\bhope (?:this|that) helps\b",
-    r"^\W*(?:new )?(?:question|text|example|review|message|snippet|answer)\s*:",
+    r"\bthe answer (?:to|for|would|is)\b",
+    r"^\W*(?:new |original )?(?:question|text|example|review|message|snippet|answer|sentence)"
+    r"(?: \d+)?\s*:",
+    r"^\W*(?:\S+\s+){0,3}\S+:\s*$",  # a bare header ("Original movie review snippet:"), nothing after it
+    r"^\W*(?:(?:this|it) is )?(?:a|an|one|this|the|my) (?:new |possible |sample |first |original )?"
+    r"(?:question|example|answer|query)s?\b",
     # addressing the user
     r"\b(?:can|may|could) i (?:help|assist)\b",
     r"\bhow can i\b",
     r"\blet me know\b",
     r"\bfeel free\b",
-    r"\byou asked\b",
-    r"\byour (?:question|request)\b",
+    r"\byou (?:asked|provided|gave|shared)\b",
+    r"\byour (?:\w+ ){0,2}(?:question|request|query|prompt|instruction|snippet|review|turn|mind)\b",
+    r"\b(?:this|the) (?:query|prompt|instruction)\b",
     r"\bwould you like me\b",
     r"\bdo you need\b",
     r"\bis there anything\b",
@@ -117,8 +129,8 @@ def is_echo(text: str, prompt: str, few_shot_texts: Sequence[str], bigram_share:
         return True
     words = _words(text)
     bigrams = _bigrams(words)
-    if bigrams and len(bigrams & _bigrams(_words(instruction_text(prompt, few_shot_texts)))) >= \
-            bigram_share * len(bigrams):
+    shared = len(bigrams & _bigrams(_words(instruction_text(prompt, few_shot_texts))))
+    if shared >= ECHO_MIN_BIGRAMS and shared >= bigram_share * len(bigrams):
         return True
     word_set = set(words)
     for shot in few_shot_texts:

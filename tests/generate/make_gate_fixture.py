@@ -25,6 +25,10 @@ from jaxdiv.generate.backends import make_backend
 from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.generate.runner import run_generate
 
+HAND_LABELS = ("Read and labelled by hand: truncated = cut off at the token limit mid-sentence; echo = "
+               "restates the prompt's instruction or (nearly) copies a few-shot example; chatter = talks "
+               "as an assistant about the task or to the user; good = none of the three (it may still "
+               "fail the parser or the label probe)")
 OUT = Path(__file__).resolve().parent / "fixtures" / "gate_cases.json"
 # (task, recipe, level, rows, max_new_tokens): the demo's settings, plus short limits for truncations
 RUNS = (("trec", "topics", 0, 24, 32), ("trec", "topics", 3, 24, 32), ("trec", "temperature", 6, 20, 32),
@@ -65,7 +69,7 @@ def main() -> None:
                     "finish_reason": row["finish_reason"], "completion_tokens": row["completion_tokens"],
                     "max_new_tokens": max_new, "parse_reason": row["reason"]})
     args.out.write_text(json.dumps({"generator": "smollm2-135m-instruct (packaged GGUF, bf16)",
-                                    "cases": cases}, indent=1, ensure_ascii=False) + "\n")
+                                    "hand_labels": HAND_LABELS, "cases": cases}, indent=1, ensure_ascii=False) + "\n")
     print(f"{len(cases)} cases -> {args.out}")
 
 

@@ -39,12 +39,13 @@ def test_fixture_is_real_and_hand_labelled():
 
 def test_rules_agree_with_the_hand_labels():
     confusion = collections.Counter((c["hand_label"], _verdict(c)) for c in CASES)
-    agree = sum(n for (hand, rule), n in confusion.items() if hand == rule)
-    assert agree / len(CASES) >= 0.95, confusion
-    # no good row is rejected as chatter or echo, and every truncation is found
-    assert confusion[("good", "chatter")] == 0 and confusion[("good", "echo")] == 0, confusion
-    truncated = sum(n for (hand, _), n in confusion.items() if hand == "truncated")
-    assert confusion[("truncated", "truncated")] == truncated, confusion
+    # 109 of 112 (97%) get the hand label's reason; 111 of 112 the hand label's keep/reject.
+    # Misses: a mangled few-shot copy read as good (word Jaccard 0.39), and a bare header
+    # ("Original movie review snippet:", twice) called chatter where the hand said echo.
+    assert confusion == {("truncated", "truncated"): 43, ("good", "good"): 29, ("echo", "echo"): 20,
+                         ("chatter", "chatter"): 17, ("echo", "chatter"): 2, ("echo", "good"): 1}, confusion
+    # above all: no good row is rejected, and every truncation is found
+    assert sum(n for (hand, rule), n in confusion.items() if hand == "good" and rule != "good") == 0
 
 
 def test_each_gate_switches_off():
