@@ -126,3 +126,43 @@ def test_budget_probe_trains_on_the_cells_rows_only_and_oracle_on_all(trec_task,
     names = [trec_task.label_names[i] for i in test["label"]]
     kept_budget, kept_oracle = budget.keeps(x, names).mean(), oracle.keeps(x, names).mean()
     assert 0.2 < kept_budget < kept_oracle and kept_oracle > 0.7, (kept_budget, kept_oracle)
+
+
+@pytest.mark.slow  # ~3.5 min on the loaded 2-core CPU (SmolLM2 compiles, MiniLM probe)
+def test_generation_applies_the_gates_and_resumes_to_the_same_decisions(smollm2_generator, tmp_path):
+    """Real SmolLM2 on TREC, every gate on (budget probe of 8 rows per class): rejected rows carry
+    the gate's name, accepted rows pass every rule, and a pool whose last chunks were lost is
+    regenerated to exactly the same rows and decisions."""
+    from jaxdiv.generate.backends import JaxBackend
+    from jaxdiv.generate.runner import run_generate
+    from jaxdiv.score.pool_reader import read_pool
+
+    backend = JaxBackend(smollm2_generator, "jax:smollm2-135m-instruct", "test")
+    cfg = apply_overrides(GenerateConfig(), [
+        "recipe.name=temperature", "recipe.level=6", "n=16", "chunk_rows=4", "real_budget=8",
+        "sampling.max_new_tokens=24", f"workdir={tmp_path / 'pool'}", "gates.labels.min_probability=0.3"])
+    pool = run_generate(cfg, backend=backend, progress=False)
+    meta = json.loads((tmp_path / "pool" / "pool.json").read_text())
+    assert meta["gates"]["label_probe"]["arm"] == "budget" and meta["gates"]["label_probe"]["training_rows"] == 48
+    rows = pool.rows()
+    counts = pool.counts()
+    assert counts["rows"] == 16 and sum(counts["reasons"].values()) == counts["rejected"]
+    gated = {r["reason"] for r in rows} & {TRUNCATED, ECHO, CHATTER, LABEL_PROBE, NEAR_DUPLICATE}
+    assert gated, counts  # D6 at temperature 1.3 with 24 tokens: some rows fail a gate
+    for row in rows:
+        if row["status"] == ACCEPTED:
+            assert not rule_reason(row["raw_output"], row["text"], row["finish_reason"], row["prompt"], [],
+                                   "?", GatesConfig()), row
+    # the score report counts the gates apart from parse failures
+    read = read_pool(tmp_path / "pool")
+    assert read.rejections == counts["reasons"]
+    gate_rows = sum(n for reason, n in counts["reasons"].items()
+                    if reason in (TRUNCATED, ECHO, CHATTER, LABEL_PROBE, NEAR_DUPLICATE))
+    assert read.parse_failures == counts["rejected"] - gate_rows - counts["reasons"].get("duplicate", 0)
+
+    # resume: lose the last two chunks, run again: the same rows, texts and decisions
+    for chunk in sorted((tmp_path / "pool" / "rows").glob("chunk-*.jsonl"))[-2:]:
+        chunk.unlink()
+    again = run_generate(cfg, backend=backend, progress=False).rows()
+    fields = ("row", "text", "status", "reason")
+    assert [{k: r[k] for k in fields} for r in again] == [{k: r[k] for k in fields} for r in rows]
