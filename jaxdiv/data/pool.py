@@ -12,8 +12,10 @@ A pool directory holds
 
 Resume: a chunk is either fully present or absent (atomic rename), every row carries its
 integer `row` index, and `append` refuses a row index already stored, so a killed job
-restarted on the same directory neither duplicates nor loses rows. Malformed LLM output
-is stored with `status="rejected"` and a `reason`; nothing is dropped silently. Dedup
+restarted on the same directory neither duplicates nor loses rows. Malformed LLM output,
+and a row a quality gate rejects (`jaxdiv.generate.gates`: truncated, echo, chatter,
+label_probe, near_duplicate), is stored with `status="rejected"` and a `reason`; nothing is
+dropped silently, and `counts()["reasons"]` counts every reason. Dedup
 (on by default) rejects a row whose normalised text equals an earlier accepted row's.
 """
 

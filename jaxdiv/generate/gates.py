@@ -48,6 +48,7 @@ with '?'"), so the reason counts say which gate a row failed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Sequence
 
@@ -192,31 +193,44 @@ def near_duplicate_verdicts(new: np.ndarray, earlier: np.ndarray, threshold: flo
     return verdicts
 
 
+def probe_training_rows(cfg: GenerateConfig, task: Task) -> list[int]:
+    """Indices into the real training split that the label probe is trained on (its arm's rows)."""
+    train = task.splits["train"]
+    if cfg.gates.labels.label_probe == "oracle":
+        return list(range(len(train)))
+    groups = budget_rows(train, task.num_labels, cfg.real_budget or None, cfg.real_subset)
+    return sorted(i for rows in groups.values() for i in rows)
+
+
+def probe_meta(cfg: GenerateConfig, task: Task) -> dict:
+    """The probe arm as the pool meta records it ({"arm": "off"} without a probe)."""
+    arm = cfg.gates.labels.label_probe
+    if arm == "off":
+        return {"arm": "off"}
+    return {"arm": arm, "oracle": arm == "oracle",
+            "reason": LABEL_PROBE_ORACLE if arm == "oracle" else LABEL_PROBE,
+            "trained_on": ("every real training label (ORACLE: labels the cell does not have)"
+                           if arm == "oracle" else "the cell's real budget rows"),
+            "training_rows": len(probe_training_rows(cfg, task)),
+            "min_probability": cfg.gates.labels.min_probability}
+
+
 class LabelProbe:
     """The label-fidelity probe of one pool: which real rows train it is fixed by the config."""
 
     def __init__(self, cfg: GenerateConfig, task: Task, embedder):
-        self.arm = cfg.gates.labels.label_probe
+        self._meta = probe_meta(cfg, task)
         self.min_probability = cfg.gates.labels.min_probability
-        self.reason = LABEL_PROBE_ORACLE if self.arm == "oracle" else LABEL_PROBE
+        self.reason = self._meta["reason"]
         train = task.splits["train"]
-        if self.arm == "oracle":
-            indices = list(range(len(train)))
-        else:
-            groups = budget_rows(train, task.num_labels, cfg.real_budget or None, cfg.real_subset)
-            indices = sorted(i for rows in groups.values() for i in rows)
+        indices = probe_training_rows(cfg, task)
         self.training_ids = [train["id"][i] for i in indices]
-        labels = [train["label"][i] for i in indices]
         x = embedder.embed([train["text"][i] for i in indices], progress=False)
-        self.params = train_probe(x, labels, task.num_labels)
+        self.params = train_probe(x, [train["label"][i] for i in indices], task.num_labels)
         self.label_index = {name: i for i, name in enumerate(task.label_names)}
-        self.embedder = embedder
 
     def meta(self) -> dict:
-        return {"arm": self.arm, "oracle": self.arm == "oracle", "reason": self.reason,
-                "trained_on": ("every real training label (ORACLE: labels the cell does not have)"
-                               if self.arm == "oracle" else "the cell's real budget rows"),
-                "training_rows": len(self.training_ids), "min_probability": self.min_probability}
+        return self._meta
 
     def keeps(self, x: np.ndarray, intended: Sequence[str]) -> np.ndarray:
         """Whether the probe gives each row's intended label at least min_probability."""
@@ -228,22 +242,26 @@ class Gates:
     """The gates of one generation job; `apply` gates a chunk of parsed rows before it is stored."""
 
     def __init__(self, cfg: GenerateConfig, task: Task, must_end_with: str = ""):
-        self.cfg, self.task, self.must_end_with = cfg.gates, task, must_end_with
+        self.job, self.cfg, self.task, self.must_end_with = cfg, cfg.gates, task, must_end_with
         self.dedup = cfg.dedup
-        needs_embedder = cfg.gates.near_duplicate or cfg.gates.labels.label_probe != "off"
-        self.embedder = None
-        if needs_embedder:
-            from jaxdiv.score.embed import Embedder
-
-            self.embedder = Embedder(cfg.gates.embedder, cfg.mesh)
-        self.probe = (LabelProbe(cfg, task, self.embedder) if cfg.gates.labels.label_probe != "off"
-                      else None)
         self._accepted: np.ndarray | None = None  # embeddings of the pool's accepted rows, row order
         self._accepted_keys: set[str] = set()
 
+    # The embedder and the probe load on first use: a finished pool reopened costs nothing.
+    @functools.cached_property
+    def embedder(self):
+        from jaxdiv.score.embed import Embedder
+
+        return Embedder(self.cfg.embedder, self.job.mesh)
+
+    @functools.cached_property
+    def probe(self) -> LabelProbe | None:
+        return (LabelProbe(self.job, self.task, self.embedder) if self.cfg.labels.label_probe != "off"
+                else None)
+
     def meta(self) -> dict:
         """What the gates are, for pool.json (part of the pool's identity)."""
-        return {"label_probe": self.probe.meta() if self.probe else {"arm": "off"}}
+        return {"label_probe": probe_meta(self.job, self.task)}
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
