@@ -111,7 +111,10 @@ def test_reads_a_generated_pool_directory(files):
 
     pool = Pool.create(root / "generated", {"label_names": ["HUM", "LOC"]})
     pool.append([row(0, rows[0]["text"]), row(1, rows[1]["text"]), row(2, rows[0]["text"]),  # a duplicate
-                 row(3, "", REJECTED, "no question in the output")])
+                 row(3, "", REJECTED, "no question in the output"), row(4, "Sure!", REJECTED, "chatter"),
+                 row(5, rows[2]["text"], REJECTED, "near_duplicate")])
     read = read_pool(root / "generated")
     assert read.texts == [rows[0]["text"], rows[1]["text"]] and read.labels == ["HUM", "HUM"]
+    # quality-gate rejections are counted apart from parse failures
     assert read.parse_failures == 1 and read.total_rows == 3
+    assert read.rejections == {"duplicate": 1, "no question in the output": 1, "chatter": 1, "near_duplicate": 1}
