@@ -79,7 +79,8 @@ def parse_verdict(row: dict) -> PoolRow:
 def replay(args, before_cfg, before: Pool, arm: str, task) -> tuple[Pool, float]:
     cfg = apply_overrides(before_cfg, list(ARMS[arm]) + [
         "gates.truncation=true", "gates.echo=true", "gates.chatter=true", "gates.near_duplicate=true",
-        f"workdir={args.workdir}/after-{arm}-d{before_cfg.recipe.level}"])
+        f"workdir={args.workdir}/after-{arm}-d{before_cfg.recipe.level}"] + (
+        [f"gates.labels.min_probability={args.min_probability}"] if args.min_probability is not None else []))
     backend = _Backend(before.meta)
     recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=False)
     started = time.perf_counter()
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "gate_report")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "generate.md")
     parser.add_argument("--sample", type=int, default=30)
+    parser.add_argument("--min-probability", type=float, default=None,
+                        help="the probe's keep threshold in the replays (default: the config's)")
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     task, backend_box = None, []
@@ -164,8 +167,9 @@ def main() -> None:
 
 def write_section(args, table, samples, timings) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    threshold = "" if args.min_probability is None else f" --min-probability {args.min_probability}"
     lines = [f"{SECTION} (issue 14; measured {stamp} by `scripts/gate_report.py --rows {args.rows} "
-             f"--levels {args.levels}`)", "",
+             f"--levels {args.levels}{threshold}`)", "",
              "Real SmolLM2-135M-Instruct (packaged GGUF, bf16) on TREC with the demo's generate section "
              f"(`configs/demo.py`: topics recipe, 32 new tokens), {args.rows} planned rows per level. "
              "*Before*: every gate off (today's pipeline). *After*: the same completions through the gates "
