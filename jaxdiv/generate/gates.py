@@ -17,16 +17,19 @@ that fires:
      near copy; the exact copy is the parser's "copies a few-shot example").
 3. **chatter** (`gates.chatter`): the completion talks as an assistant, not as the example asked
    for. Rules (case-insensitive, on the parsed text and on the raw output's first line):
-   - meta-phrases about the reply or the task: "here is/here's/here are ...", "sure",
-     "certainly", "of course", "absolutely", "okay/ok," at the start, "as an AI", "(ready/happy/
+   - meta-phrases about the reply or the task: "here is/here's/here are ..." (at the start, or
+     "here's a/the/my/another" anywhere), "I'll start/suggest/write/give you ...", "how about",
+     "question:"/"example:" anywhere, "this (type of) question", "answer the question", "sure",
+     "certainly", "of course", "absolutely" at the start, "as an AI", "(ready/happy/
      glad/here) to help/assist", "I can help", "I'd be happy", "I hope this helps",
      "(new) question/text/example/review/message/sentence N:" headers left over after the parse,
      a bare header line (at most 4 words ending in ":"), "let's ...", "the answer to/is",
      a text that starts by naming what it is ("This is a question", "A question about", "The
      first example");
-   - addressing the user: "can/may I help/assist you", "how can I help", "let me know", "feel
+   - addressing the user: "can/may/could I help/assist", "let me know", "feel
      free", "you asked/provided/gave", "your (...) question/request/query/snippet/review/turn/mind",
-     "this query/prompt/instruction", "would you like me to", "do you need", "is there anything".
+     "this query/prompt/instruction", "would you like me to / to know", "you can ask", "you're
+     right", "can you provide/write/create/help" at the start, "do you need", "is there anything".
    Ordinary second-person text ("What do you call a baby kangaroo?") is not chatter: the rules
    name the assistant's stock phrases, not the word "you".
 4. **label_probe** (`gates.labels.label_probe`): a logistic-regression probe on MiniLM embeddings
@@ -74,7 +77,7 @@ INSTRUCTION_START = re.compile(r"^(?:write (?:one|a) new|here are some|reply wit
 CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     # meta-phrases about the reply or the task itself
     r"^\W*here(?:'s| is| are)\b",
-    r"^\W*(?:sure|certainly|of course|absolutely|okay|ok)\b\W",
+    r"^\W*(?:sure|certainly|of course|absolutely)\b\W",
     r"^\W*let(?:'s| us)\b",
     r"\bas an ai\b",
     r"\b(?:ready|happy|glad|here) to (?:help|assist)\b",
@@ -82,6 +85,12 @@ CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     r"\bi(?:'d| would) be (?:happy|glad)\b",
     r"\bhope (?:this|that) helps\b",
     r"\bthe answer (?:to|for|would|is)\b",
+    r"\bhere(?:'s| is) (?:a|an|the|my|one|another)\b",
+    r"\bi(?:'ll| will) (?:start|suggest|write|provide|create|try|begin|give you)\b",
+    r"^\W*how about\b",
+    r"\b(?:question|example)\s*:",
+    r"\b(?:this|that) (?:type of |kind of )?question\b",
+    r"\banswer the question\b",
     r"^\W*(?:new |original )?(?:question|text|example|review|message|snippet|answer|sentence)"
     r"(?: \d+)?\s*:",
     r"^\W*(?:\S+\s+){0,3}\S+:\s*$",  # a bare header ("Original movie review snippet:"), nothing after it
@@ -89,13 +98,15 @@ CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     r"(?:question|example|answer|query)s?\b",
     # addressing the user
     r"\b(?:can|may|could) i (?:help|assist)\b",
-    r"\bhow can i\b",
     r"\blet me know\b",
     r"\bfeel free\b",
     r"\byou (?:asked|provided|gave|shared)\b",
     r"\byour (?:\w+ ){0,2}(?:question|request|query|prompt|instruction|snippet|review|turn|mind)\b",
     r"\b(?:this|the) (?:query|prompt|instruction)\b",
-    r"\bwould you like me\b",
+    r"\bwould you like (?:me|to know)\b",
+    r"\byou can ask\b",
+    r"\byou(?:'re| are) right\b",
+    r"^\W*can you (?:provide|write|create|help)\b",
     r"\bdo you need\b",
     r"\bis there anything\b",
 ))
