@@ -18,7 +18,8 @@ that fires:
 3. **chatter** (`gates.chatter`): the completion talks as an assistant, not as the example asked
    for. Rules (case-insensitive, on the parsed text and on the raw output's first line):
    - meta-phrases about the reply or the task: "here is/here's/here are ..." (at the start, or
-     "here's a/the/my/another" anywhere), "I'll start/suggest/write/give you ...", "how about",
+     "here's a/the/my/another" anywhere), "I'll start/suggest/write/give you ...", "how about (a)", "a good/great/
+     interesting question", "new question", "I'd love/like to",
      "question:"/"example:" anywhere, "this (type of) question", "answer the question", "sure",
      "certainly", "of course", "absolutely" at the start, "as an AI", "(ready/happy/
      glad/here) to help/assist", "I can help", "I'd be happy", "I hope this helps",
@@ -29,7 +30,7 @@ that fires:
    - addressing the user: "can/may/could I help/assist", "let me know", "feel
      free", "you asked/provided/gave", "your (...) question/request/query/snippet/review/turn/mind",
      "this query/prompt/instruction", "would you like me to / to know", "you can ask", "you're
-     right", "can you provide/write/create/help" at the start, "do you need", "is there anything".
+     right", "can you write/create/help" at the start, "can you provide", "do you need", "is there anything".
    Ordinary second-person text ("What do you call a baby kangaroo?") is not chatter: the rules
    name the assistant's stock phrases, not the word "you".
 4. **label_probe** (`gates.labels.label_probe`): a logistic-regression probe on MiniLM embeddings
@@ -87,7 +88,10 @@ CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     r"\bthe answer (?:to|for|would|is)\b",
     r"\bhere(?:'s| is) (?:a|an|the|my|one|another)\b",
     r"\bi(?:'ll| will) (?:start|suggest|write|provide|create|try|begin|give you)\b",
-    r"^\W*how about\b",
+    r"^\W*how about\b|\bhow about a\b",
+    r"\b(?:great|good|interesting) question\b",
+    r"\bnew question\b",
+    r"\bi(?:'d| would) (?:love|like) to\b",
     r"\b(?:question|example)\s*:",
     r"\b(?:this|that) (?:type of |kind of )?question\b",
     r"\banswer the question\b",
@@ -106,7 +110,7 @@ CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     r"\bwould you like (?:me|to know)\b",
     r"\byou can ask\b",
     r"\byou(?:'re| are) right\b",
-    r"^\W*can you (?:provide|write|create|help)\b",
+    r"^\W*can you (?:write|create|help)\b|\bcan you provide\b",
     r"\bdo you need\b",
     r"\bis there anything\b",
 ))

@@ -48,11 +48,11 @@ def test_rules_agree_with_the_hand_labels():
     assert sum(n for (hand, rule), n in confusion.items() if hand == "good" and rule != "good") == 0
 
 
-@pytest.mark.parametrize("task_name, flagged", [("trec", 2), ("movie_sentiment", 26), ("sms_spam", 31)])
+@pytest.mark.parametrize("task_name, flagged", [("trec", 2), ("movie_sentiment", 26), ("sms_spam", 35)])
 def test_chatter_rules_rarely_fire_on_real_texts(task_name, flagged):
     """Real training texts are what a good row looks like: the rules call 0.05% of TREC's 3,766
     questions chatter ("What do you need to do ...?"), 0.4% of 7,048 review snippets ("Here's a
-    British flick ...") and 1.0% of 3,158 SMS ("let me know", "feel free": an SMS talks to someone)."""
+    British flick ...") and 1.1% of 3,158 SMS ("let me know", "feel free": an SMS talks to someone)."""
     from jaxdiv.data.tasks import TaskConfig, load_task
     from jaxdiv.generate.gates import is_chatter
 
