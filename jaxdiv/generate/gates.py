@@ -20,6 +20,8 @@ that fires:
    - meta-phrases about the reply or the task: "here is/here's/here are ..." (at the start, or
      "here's a/the/my/another" anywhere), "I'll start/suggest/write/give you ...", "how about (a)", "a good/great/
      interesting question", "new question", "I'd love/like to",
+     "I'm ready to", "a related/another/follow-up question", "question could be", "text
+     classifier" (the system prompt's words),
      "question:"/"example:" anywhere, "this (type of) question", "answer the question", "sure",
      "certainly", "of course", "absolutely" at the start, "as an AI", "(ready/happy/
      glad/here) to help/assist", "I can help", "I'd be happy", "I hope this helps",
@@ -81,7 +83,9 @@ CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     r"^\W*(?:sure|certainly|of course|absolutely)\b\W",
     r"^\W*let(?:'s| us)\b",
     r"\bas an ai\b",
-    r"\b(?:ready|happy|glad|here) to (?:help|assist)\b",
+    r"\b(?:ready|happy|glad|here) to (?:help|assist)\b|\bi(?:'m| am) ready to\b",
+    r"\b(?:related|another|follow-up) question\b|\bquestion could be\b",
+    r"\btext classifier\b",  # the system prompt's words
     r"\bi can help\b",
     r"\bi(?:'d| would) be (?:happy|glad)\b",
     r"\bhope (?:this|that) helps\b",
