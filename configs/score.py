@@ -7,5 +7,4 @@ def get_config() -> ScoreConfig:
     return ScoreConfig(
         diversity=DiversityConfig(block_size=1024, dcscore_temperature=1.0, kmeans_clusters=50),
         bootstrap=BootstrapConfig(samples=20, level=0.95),
-        workdir="runs/score",
     )

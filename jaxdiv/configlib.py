@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -158,24 +159,23 @@ def _parse_literal(text: str) -> Any:
         return text  # a bare word is a string: `--set task.name=trec`
 
 
-def apply_override(cfg: Any, key: str, value: Any) -> Any:
-    """Return a copy of `cfg` with the dotted `key` replaced by `value` (type-checked)."""
+def apply_override(cfg: Any, key: str, value: Any, prefix: str = "") -> Any:
+    """Return a copy of `cfg` with the dotted `key` replaced by `value` (type-checked).
+    `prefix`: where `cfg` sits in the whole config, for messages."""
     head, _, rest = key.partition(".")
     names = {f.name for f in dataclasses.fields(cfg)}
     if head not in names:
-        where = key if not rest else head
-        raise ConfigError(f"unknown config key {where!r} in {type(cfg).__name__}; "
-                          f"known keys: {sorted(names)}")
+        known = [prefix + name for name in sorted(names)]
+        close = difflib.get_close_matches(head, sorted(names), n=1)
+        hint = f"did you mean {prefix + close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown config key {prefix + head!r}; {hint}known keys here: {known}")
     if rest:
         child = getattr(cfg, head)
         if not dataclasses.is_dataclass(child):
-            raise ConfigError(f"{head!r} is a value, not a section; cannot set {key!r}")
-        try:
-            return dataclasses.replace(cfg, **{head: apply_override(child, rest, value)})
-        except ConfigError as err:
-            raise ConfigError(f"{head}.{err}") from None
+            raise ConfigError(f"{prefix + head!r} is a value, not a section; cannot set {prefix + key!r}")
+        return dataclasses.replace(cfg, **{head: apply_override(child, rest, value, f"{prefix}{head}.")})
     hint = _resolved_hints(type(cfg))[head]
-    return dataclasses.replace(cfg, **{head: _coerce(value, hint, head)})
+    return dataclasses.replace(cfg, **{head: _coerce(value, hint, prefix + head)})
 
 
 def apply_overrides(cfg: Any, overrides: typing.Iterable[str]) -> Any:
@@ -198,10 +198,17 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Any:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"jaxdiv_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"{path}:{err.lineno}: syntax error ({err.msg})") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {str(path)!r} defines no get_config()")
-    return apply_overrides(module.get_config(), overrides)
+    cfg = module.get_config()
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise ConfigError(f"{path}: get_config() returned a {type(cfg).__name__}, not a config "
+                          f"dataclass instance (e.g. TrainJobConfig())")
+    return apply_overrides(cfg, overrides)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -233,13 +240,47 @@ def config_hash(cfg: Any) -> str:
     return content_hash(cfg)
 
 
-def save_config(cfg: Any, directory: str | Path, name: str = "config.json") -> Path:
-    """Write the fully resolved config next to a run's outputs (atomically)."""
+def save_config(cfg: Any, directory: str | Path, name: str = "config.json", *,
+                resume_safe: typing.Sequence[str] | None = None) -> Path:
+    """Write the fully resolved config next to a run's outputs (atomically).
+
+    `resume_safe`: the run resumes from what the directory holds, so an existing config.json
+    must match `cfg` except in these keys (a key, or a section prefix ending in '.'); other
+    differences raise ConfigError naming them, allowed ones are applied and recorded in the
+    file's `resumed_with_changes` list."""
     from jaxdiv.io import atomic_write_text
 
-    payload = {"config_class": type(cfg).__name__, "config_hash": config_hash(cfg),
-               "config": to_dict(cfg)}
-    return atomic_write_text(Path(directory) / name, json.dumps(payload, indent=2, default=str))
+    path = Path(directory) / name
+    current = json.loads(json.dumps(to_dict(cfg), default=str))  # tuples -> lists, as stored
+    payload = {"config_class": type(cfg).__name__, "config_hash": config_hash(cfg), "config": current}
+    if resume_safe is not None and path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            stored = previous["config"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path} is damaged ({type(err).__name__}: {err}); restore it or use a "
+                              f"new workdir") from None
+        changed = _changed_keys(stored, current)
+        refused = [k for k in changed if not any(k == s or (s.endswith(".") and k.startswith(s))
+                                                 for s in resume_safe)]
+        if refused:
+            detail = ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+            raise ConfigError(f"{path}: cannot resume with a changed config ({detail}); keep the old "
+                              f"values or use a new workdir")
+        payload["resumed_with_changes"] = previous.get("resumed_with_changes", []) + ([changed] if changed else [])
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every leaf that differs between two config dicts. Keys the
+    old one lacks are skipped: options added to jaxdiv since, whose defaults keep the old behaviour."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = {}
+        for key in sorted(set(old) | set(new)):
+            if key in old:
+                out.update(_changed_keys(old[key], new.get(key), f"{prefix}{key}."))
+        return out
+    return {} if old == new else {prefix.rstrip("."): (old, new)}
 
 
 def describe(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:

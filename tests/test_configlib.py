@@ -43,7 +43,7 @@ def test_overrides_are_typed_and_nested():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lr=1e-3", "unknown config key 'lr'"),
+    ("optim.lr=1e-3", "unknown config key 'optim.lr'"),
     ("nosuch.key=1", "unknown config key 'nosuch'"),
     ("steps=ten", "steps: expected an int"),
     ("steps=0", "steps: 0 is out of range (must be >= 1)"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from jaxdiv import __version__
@@ -23,6 +24,7 @@ COMMANDS = (
     "jaxdiv.cli.report",
     "jaxdiv.cli.run",
     "jaxdiv.cli.compare",
+    "jaxdiv.cli.compile",
 )
 
 
@@ -43,10 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """Print jaxdiv's own warnings as `jaxdiv COMMAND: warning: ...` (one line, no source line);
+    others keep Python's format."""
+    import warnings
+
+    from jaxdiv.errors import JaxdivWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, JaxdivWarning):
+            return default(message, category, filename, lineno, file, line)
+        print(f"jaxdiv {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxdiv.errors import JaxdivError
 
     args = build_parser().parse_args(argv)
+    _one_line_warnings(args.command)
     import jax
 
     # Random bits that do not depend on how an array is sharded (the default in recent jax;
@@ -61,5 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except JaxdivError as err:
-        print(f"jaxdiv {args.command}: error: {err}", file=sys.stderr)
+        print(f"jaxdiv {args.command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every long job resumes from what it stored (pool chunks, checkpoints, study cells), all
+        # written atomically, as after a kill. So exit now: waiting for worker threads (HTTP
+        # requests in flight, a background checkpoint write) could hold Ctrl-C for minutes.
+        print(f"jaxdiv {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

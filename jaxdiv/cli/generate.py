@@ -30,7 +30,13 @@ DESCRIPTION = textwrap.dedent("""\
     class only; oracle: on every real label, named an oracle). Switch one off with e.g.
     --set gates.chatter=false; the summary line counts every rejection reason.
 
-    A killed run resumes when started again with the same settings and --workdir.""")
+    Resume: rows are stored in chunks of chunk_rows rows (default 32; --set chunk_rows=N), each
+    written atomically, so a killed run started again with the same settings and --workdir
+    resumes after its last complete chunk (it redoes at most the chunk in progress; a run of
+    chunk_rows rows or fewer starts over). One process writes a pool folder at a time: a second
+    `jaxdiv generate` on it fails at once. openai backend: a request still failing after
+    openai.retry_deadline_s is stored as a rejected row (reason request_failed) with the rest
+    of its chunk, and the next run on the workdir asks for it again.""")
 
 
 def register(sub, formatter) -> None:
@@ -64,4 +70,11 @@ def _run(args) -> int:
     counts = pool.counts()
     print(f"pool {cfg.workdir}: {counts['rows']} rows, {counts['accepted']} accepted, "
           f"{counts['rejected']} rejected {pool.reasons() or ''}")
+    failed = pool.failed_rows()
+    if failed:
+        import sys
+
+        more = " ..." if len(failed) > 5 else ""
+        print(f"jaxdiv generate: warning: the requests of {len(failed)} rows failed (rows "
+              f"{failed[:5]}{more}); rerun the same command to retry them", file=sys.stderr)
     return 0

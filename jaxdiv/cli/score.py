@@ -22,7 +22,8 @@ def register(sub, formatter) -> None:
                     "failures and the quality gates), complexity proxies, and with --real the shift against the "
                     "real task's training split (MMD^2, Frechet; overall and per label).\n"
                     "Every set metric gets a seeded half-sample confidence interval and its subsample bias.\n\n"
-                    "Writes WORKDIR/score_report.json and WORKDIR/config.json, and prints a table.",
+                    "Writes WORKDIR/score_report.json and WORKDIR/config.json (WORKDIR defaults to "
+                    "runs/score/<pool name>), and prints a table.",
         epilog="Example: jaxdiv score pool.jsonl --real trec --set bootstrap.samples=50 "
                "--set diversity.dcscore_temperature=0.5")
     parser.add_argument("pool", help="the pool to score (pool directory, table file or `datasets` directory)")
@@ -54,9 +55,10 @@ def _run(args) -> int:
     pool = read_pool(args.pool, cfg.text_column, cfg.label_column, cfg.parse_error_column)
     real = load_task(cfg.task) if cfg.real else None
     report = score_pool(pool.texts, pool.labels, real=real, cfg=cfg, parse_failures=pool.parse_failures,
-                        rejections=pool.rejections, progress=not args.no_progress)
+                        rejected=pool.rejected, rejections=pool.rejections,
+                        progress=not args.no_progress)
     report["pool"] = pool.source
-    workdir = Path(cfg.workdir)
+    workdir = Path(cfg.workdir or Path("runs/score") / Path(args.pool).resolve().stem)
     configlib.save_config(cfg, workdir)
     path = atomic_write_text(workdir / "score_report.json", json.dumps(report, indent=2))
     rows = []

@@ -16,7 +16,10 @@ def register(sub, formatter) -> None:
                     "(SFTJobConfig, e.g. configs/sft_smollm2.py): fine-tune a Llama-family LM on "
                     "(prompt, response) rows (--train-rows or data.path), loss on response tokens. "
                     "Writes config.json, metrics.jsonl, tb/, checkpoints/ and results.json to the "
-                    "workdir; rerunning in the same workdir resumes from the latest good checkpoint.",
+                    "workdir; rerunning in the same workdir resumes from the latest good checkpoint "
+                    "(a damaged one is skipped with a warning and replaced). A resume refuses a "
+                    "changed config, naming the keys, except the bookkeeping keys listed under "
+                    "checkpoint.resume, which it applies and records in config.json.",
         epilog="Multi-host: set distributed.mode=explicit with distributed.coordinator=HOST:PORT, "
                "distributed.num_processes and distributed.process_id (or the JAXDIV_COORDINATOR, "
                "JAXDIV_NUM_PROCESSES, JAXDIV_PROCESS_ID variables); TPU pods are detected.")

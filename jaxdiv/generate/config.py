@@ -54,15 +54,26 @@ class OpenAIBackendConfig:
     """Any server that speaks the OpenAI chat-completions API (vLLM, llama.cpp server, hosted)."""
 
     base_url: str = param("http://127.0.0.1:8000/v1", help="API root; /chat/completions is appended")
-    model: str = param("", help="the model name sent in each request")
+    model: str = param("", help="the model name sent in each request: a label that a server "
+                       "serving one model (llama.cpp) may ignore; each row records the model id and "
+                       "system_fingerprint the server reports (served) beside it")
     api_key_env: str = param("OPENAI_API_KEY", help="environment variable holding the API key "
                              "(never logged or written)")
     concurrency: int = param(8, ge=1, help="requests in flight at once")
     timeout_s: float = param(60.0, gt=0.0, help="per-request timeout")
-    max_retries: int = param(6, ge=0, help="retries on 429 / 5xx / timeouts / malformed replies")
-    backoff_s: float = param(0.5, gt=0.0, help="first retry delay; doubles each retry, with jitter")
+    max_retries: int = param(100, ge=0, help="most retries of one request on 429 / 5xx / timeouts / "
+                             "malformed replies (retry_deadline_s usually ends them first)")
+    retry_deadline_s: float = param(600.0, gt=0.0, help="a request retries for at most this long "
+                                    "after its first try (a line on stderr says so while waiting); "
+                                    "then its row is stored as rejected with reason "
+                                    "'request_failed: ...' and tried again by the next run")
+    backoff_s: float = param(0.5, gt=0.0, help="first retry delay; doubles each retry, with jitter "
+                             "(a server's Retry-After header takes precedence)")
     backoff_max_s: float = param(30.0, gt=0.0, help="cap on one retry delay")
     send_seed: bool = param(True, help="send the per-row seed (servers that support it reproduce)")
+    send_top_k_min_p: bool = param(True, help="send top_k and min_p (vLLM / llama.cpp extensions) "
+                                   "even when 0, so the server's own defaults never apply unseen; "
+                                   "false only for APIs that reject them (OpenAI's own has neither)")
 
 
 @dataclasses.dataclass(frozen=True)

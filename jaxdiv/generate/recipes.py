@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxdiv.assets import cache_dir
 from jaxdiv.configlib import ConfigError
-from jaxdiv.data.pool import ACCEPTED, REJECTED, PoolRow, normalise
+from jaxdiv.data.pool import ACCEPTED, REJECTED, REQUEST_FAILED, PoolRow, normalise
 from jaxdiv.data.tasks import Task
 from jaxdiv.generate.config import RecipeConfig, SamplingConfig
 from jaxdiv.generate.sampler import Completion, GenerationError, Request, SamplingParams
@@ -71,6 +71,7 @@ BRIEFS = {
         "negative": "expresses a negative opinion of the film",
         "positive": "expresses a positive opinion of the film"}, max_words=60),
 }
+BRIEFS["sentiment_movie"] = BRIEFS["movie_sentiment"]  # the same VADER domain, in the sentiment family
 GENERIC_BRIEF = TaskBrief("text", {})
 
 TOPIC_AREAS = (
@@ -191,6 +192,9 @@ class TopicList:
                 self.prompts_used += 1
             before = len(self.topics)
             for completion in self.backend.complete(requests):
+                if completion.error:
+                    raise GenerationError(f"topic generation for {self.task}, topic prompt "
+                                          f"{completion.row_id - TOPIC_ROW_OFFSET}: {completion.error}")
                 for topic in _parse_topics(completion.text):
                     if normalise(topic) not in seen:
                         seen.add(normalise(topic))
@@ -313,11 +317,13 @@ class Recipe:
             sampling={"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
                       "min_p": s.min_p, "max_new_tokens": s.max_new_tokens, "stop": list(s.stop)},
             seed=plan.request.seed, prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
+            completion_tokens=completion.completion_tokens, served=completion.served,
             created=created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
     def _parse_text(self, plan: RowPlan, completion: Completion) -> tuple[str, str, str]:
         """(text, parsed label, rejection reason or "")."""
+        if completion.error:
+            return "", "", f"{REQUEST_FAILED}: {completion.error}"
         lines = [line for line in completion.text.splitlines() if line.strip()]
         if not lines:
             return "", "", "empty output"

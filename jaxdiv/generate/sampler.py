@@ -61,9 +61,11 @@ class Request:
 class Completion:
     row_id: int
     text: str
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: str  # "eos" | "stop" | "length" | "error"
     prompt_tokens: int
     completion_tokens: int
+    error: str = ""  # why no text came back (a request that exhausted its retries)
+    served: dict = dataclasses.field(default_factory=dict)  # what the server says it ran
 
 
 def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,

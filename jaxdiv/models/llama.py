@@ -215,9 +215,12 @@ class Llama(nnx.Module):
     uses `hidden_states(..., cache=...)` then `logits()` on the positions it needs."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32):
+                 param_dtype=jnp.float32, remat: bool = False):
         self.cfg = cfg
         self.dtype = dtype
+        # remat: without a cache (training), each layer's activations are recomputed in the
+        # backward pass, so only the layer inputs stay live (what long sequences need)
+        self.remat = remat
         # Params carry logical axis names only; placement on a mesh is explicit (see
         # `from_hf_weights`, or `jax.jit(init, out_shardings=...)`), so no eager sharding.
         with nnx.use_eager_sharding(False):
@@ -254,6 +257,9 @@ class Llama(nnx.Module):
         new_keys, new_values = [], []
         for index, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
+            if self.remat and cache is None:
+                x = nnx.remat(lambda layer, x: layer(x, cos, sin, mask, None, start)[0])(layer, x)
+                continue
             x, layer_cache = layer(x, cos, sin, mask, layer_cache, start)
             if cache is not None:
                 new_keys.append(layer_cache[0])
@@ -278,6 +284,15 @@ class Llama(nnx.Module):
             positions = positions_from_mask(attention_mask)
         hidden, _ = self.hidden_states(tokens, positions, attention_mask.astype(bool))
         return self.logits(hidden)
+
+
+def forward_flops(cfg: LlamaConfig, batch: int, queries: int, keys: float) -> float:
+    """Matmul FLOPs of a forward over `queries` tokens per row, each attending to `keys` slots
+    (on average: `queries / 2` counts causal attention once): 2 per weight per token for the
+    projections and the LM head, 2·2·keys·(heads·head_dim) per token and layer for QKᵀ and PV."""
+    h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_token_layer = 2 * (h * q * 2 + h * kv * 2 + 3 * h * cfg.intermediate_size) + 2 * 2 * keys * q
+    return float(batch * queries * (cfg.num_layers * per_token_layer + 2 * h * cfg.vocab_size))
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

@@ -1,13 +1,14 @@
 """Read a pool to score: a generated-pool directory, parquet, JSONL / JSON, CSV, or a `datasets` directory.
 
 - A generated-pool directory (`jaxdiv.data.pool`, with its `pool.json`): its accepted rows are
-  scored with their labels; every rejection reason is counted (`rejections`, from
-  `Pool.reasons()`); rows rejected for a reason other than a duplicate or a quality gate
-  (`jaxdiv.generate.gates.GATE_REASONS`) count as parse failures.
+  scored with their labels; every other row counts as rejected (`rejected_share`), and those
+  whose output gave no text, or a label outside the task's, as parse failures.
+  Every rejection reason is counted too (`rejections`, from `Pool.reasons()`).
 - Any other table with a text column (and optionally a label column): a row *failed to parse*
   when its text is missing or blank, or when the table has a `parse_error_column` and that
   row's value there is non-empty.
-Failed rows are counted (parse_failure_share) and not scored, never silently dropped.
+Left-out rows are counted (rejected_share, parse_failure_share) and not scored, never silently
+dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import datasets
 
-from jaxdiv.data.pool import ACCEPTED, POOL_FILE, Pool, PoolError
+from jaxdiv.data.pool import ACCEPTED, POOL_FILE, REQUEST_FAILED, Pool, PoolError
+from jaxdiv.data.tasks import TABLE_BUILDERS, load_table
 
 
 @dataclasses.dataclass
@@ -25,12 +27,17 @@ class PoolRows:
     source: str
     texts: list[str]            # the rows that parsed
     labels: list[str] | None    # their labels as strings (None: the pool has no label column)
-    total_rows: int             # all rows, parse failures included
+    total_rows: int             # all rows, the rows left out included
+    parse_failure_rows: int | None = None  # None: every row left out failed to parse
     rejections: dict[str, int] = dataclasses.field(default_factory=dict)  # generated pools: reason -> rows
 
     @property
-    def parse_failures(self) -> int:
+    def rejected(self) -> int:
         return self.total_rows - len(self.texts)
+
+    @property
+    def parse_failures(self) -> int:
+        return self.rejected if self.parse_failure_rows is None else self.parse_failure_rows
 
 
 def _open(path: Path) -> datasets.Dataset:
@@ -44,16 +51,10 @@ def _open(path: Path) -> datasets.Dataset:
                 raise PoolError(f"{path}: a DatasetDict with splits {list(table)}; pass one split's folder")
             table = next(iter(table.values()))
         return table
-    builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
-    if builder is None:
+    if path.suffix.lower() not in TABLE_BUILDERS:
         raise PoolError(f"{path}: unsupported pool file type {path.suffix!r} "
                         f"(use .parquet, .jsonl, .json, .csv or a `datasets` directory)")
-    if path.stat().st_size == 0:
-        raise PoolError(f"{path} is empty")
-    try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # the loaders raise several kinds for a malformed file
-        raise PoolError(f"{path}: could not be read as {builder}: {err}") from err
+    return load_table(path, PoolError)
 
 
 def read_pool(path: str | Path, text_column: str = "text", label_column: str = "label",
@@ -82,11 +83,11 @@ def read_pool(path: str | Path, text_column: str = "text", label_column: str = "
 
 
 def _read_generated_pool(path: Path) -> PoolRows:
-    from jaxdiv.generate.gates import GATE_REASONS
-
     pool = Pool.open(path)
-    accepted = [r for r in pool.rows() if r["status"] == ACCEPTED]
-    rejections = pool.reasons()
-    failed = sum(n for reason, n in rejections.items() if reason != "duplicate" and reason not in GATE_REASONS)
+    rows = pool.rows()
+    accepted = [r for r in rows if r["status"] == ACCEPTED]
+    labels = set(pool.meta["label_names"])
+    unparsed = sum(r["status"] != ACCEPTED and not r["reason"].startswith(REQUEST_FAILED)
+                   and (not r["text"] or r["parsed_label"] not in labels) for r in rows)
     return PoolRows(str(path), [r["text"] for r in accepted], [r["intended_label"] for r in accepted],
-                    len(accepted) + failed, rejections)
+                    len(rows), unparsed, pool.reasons())

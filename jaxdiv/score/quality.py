@@ -7,7 +7,10 @@
   frozen embeddings of the real task's training split; the share of generated rows whose
   predicted label equals the intended label. The probe's accuracy on the real test split is
   reported beside it, as the ceiling that fidelity should be read against.
-- parse_failure_share: rows that failed to parse / total rows (counted by the pool loader).
+- rejected_share: rows left out of scoring for any reason (a generated pool's rejections:
+  duplicates, copies, length, label mismatch, failed requests) / total rows;
+  parse_failure_share: rows whose output could not be parsed at all (no text, or a label outside
+  the task's) / total rows (both counted by the pool loader).
 """
 
 from __future__ import annotations

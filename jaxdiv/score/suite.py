@@ -46,8 +46,13 @@ def label_ids(labels: Sequence[str], label_names: Sequence[str], source: str = "
 def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, real: Task | None = None,
                cfg: ScoreConfig = ScoreConfig(), embedder: Embedder | None = None,
                embeddings: np.ndarray | None = None, parse_failures: int = 0,
-               rejections: dict[str, int] | None = None, progress: bool = True) -> dict:
-    """Score a pool of texts (optionally labelled) against an optional real task. `rejections`
+               rejected: int | None = None, rejections: dict[str, int] | None = None,
+               progress: bool = True) -> dict:
+    """Score a pool of texts (optionally labelled) against an optional real task.
+
+    `rejected`: rows left out of the texts for any reason (default `parse_failures`, as in a
+    plain table where a row is left out only when it does not parse); `parse_failures`: those
+    whose output could not be parsed at all. Both are reported as shares of all rows. `rejections`
     ({reason: rows}, a generated pool's `Pool.reasons()`) go into the report with their shares."""
     texts = list(texts)
     n = len(texts)
@@ -112,13 +117,13 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
 
     metrics = [_entry(name, families[name], value, intervals.get(name), n, bar_cfg)
                for name, value in full.items()]
-    total = n + parse_failures
+    rejected = parse_failures if rejected is None else rejected
+    total = n + rejected
+    metrics.append(_entry("rejected_share", "quality", rejected / total, None, total, bar_cfg))
     metrics.append(_entry("parse_failure_share", "quality", parse_failures / total, None, total, bar_cfg))
-    rejections = rejections or {}
-    all_rows = n + sum(rejections.values())
     return {"n": n, "n_rows": total, "real_task": real.name if real is not None else None,
-            "rejections": {reason: {"rows": count, "share": count / all_rows}
-                           for reason, count in sorted(rejections.items())},
+            "rejections": {reason: {"rows": count, "share": count / total}
+                           for reason, count in sorted((rejections or {}).items())},
             "embedder": {"model": cfg.embedder.model, "weights_hash": embedder.model_hash,
                          "max_length": cfg.embedder.max_length},
             "config_hash": configlib.config_hash(cfg), "config": configlib.to_dict(cfg),

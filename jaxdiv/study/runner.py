@@ -155,7 +155,8 @@ class PlannedCell:
 
 
 def plan_cells(cfg: StudyConfig, pools: dict[int, tuple[Pool, str]]) -> list[PlannedCell]:
-    base = _key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score)
+    base = _key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score,
+                *([list(cfg.test_domains)] if cfg.test_domains else []))  # keys without domains unchanged
     planned = []
     for level in cfg.grid.levels:
         for budget in cfg.grid.budgets:
@@ -174,6 +175,7 @@ def train_cells(cfg: StudyConfig, task: Task, accepted: dict[int, datasets.Datas
     from jaxdiv.train.runs import RunSpec, train_classifier_runs
 
     cells_dir = workdir / "cells"
+    eval_splits = evaluation_splits(cfg, task)
     results: dict[str, dict] = {}
     todo: dict[str, tuple[PlannedCell, Mixture, dict]] = {}
     for item in tqdm(planned, desc="mix + score cells", unit="cell", disable=not progress):
@@ -201,17 +203,49 @@ def train_cells(cfg: StudyConfig, task: Task, accepted: dict[int, datasets.Datas
                 for item, mixture, _ in group]
         train_cfg = dataclasses.replace(cfg.train, task=cfg.task)
         started = time.perf_counter()
-        outcomes = train_classifier_runs(train_cfg, runs, {"test": task.splits["test"]},
+        outcomes = train_classifier_runs(train_cfg, runs, eval_splits,
                                          workdir / "train" / group_key, label_names=task.label_names)
         seconds = (time.perf_counter() - started) / len(group)
         for (item, mixture, report), outcome in zip(group, outcomes):
             result = {"cell": dataclasses.asdict(item.cell), "counts": mixture.counts,
                       "shortfalls": mixture.shortfalls, "test": outcome["eval"]["test"],
+                      "test_domains": domain_results(cfg, outcome["eval"]),
                       "steps": outcome["steps"], "train_seconds": seconds,
                       "data_metrics": metric_columns(report, "data_")}
             _write_json(cells_dir / f"{item.key}.json", result)
             results[item.key] = result
     return results
+
+
+# In- and out-of-distribution evaluation: every cell is also tested on the test domains' test splits.
+
+def evaluation_splits(cfg: StudyConfig, task: Task) -> dict[str, datasets.Dataset]:
+    """{"test": the task's test split, "test/<domain>": each test domain's}. A domain is a registered
+    task split with the task section's settings; its label names must equal the task's."""
+    splits = {"test": task.splits["test"]}
+    for domain in cfg.test_domains:
+        other = task if domain == task.name else load_task(dataclasses.replace(cfg.task, name=domain))
+        if other.label_names != task.label_names:
+            raise configlib.ConfigError(f"test_domains: {domain!r} has labels {list(other.label_names)}, the "
+                                        f"training task {task.name!r} has {list(task.label_names)}")
+        splits[f"test/{domain}"] = other.splits["test"]
+    return splits
+
+
+def domain_results(cfg: StudyConfig, evals: dict[str, dict]) -> dict[str, dict]:
+    return {domain: evals[f"test/{domain}"] for domain in cfg.test_domains}
+
+
+def domain_accuracy_columns(task: Task, result: dict) -> dict[str, float]:
+    """accuracy_<domain> per test domain, accuracy_id (the training task's own test split) and
+    accuracy_ood (the mean over the other domains); none when the study names no test domains."""
+    domains = result.get("test_domains") or {}
+    if not domains:
+        return {}
+    ood = [metrics["accuracy"] for domain, metrics in domains.items() if domain != task.name]
+    return {**{f"accuracy_{domain}": metrics["accuracy"] for domain, metrics in domains.items()},
+            "accuracy_id": result["test"]["accuracy"],
+            "accuracy_ood": sum(ood) / len(ood) if ood else float("nan")}
 
 
 def results_table(cfg: StudyConfig, task: Task, planned: list[PlannedCell], results: dict[str, dict]
@@ -226,7 +260,8 @@ def results_table(cfg: StudyConfig, task: Task, planned: list[PlannedCell], resu
                      "synthetic_rows": sum(result["counts"]["synthetic"].values()),
                      "accuracy": result["test"]["accuracy"], "macro_f1": result["test"]["macro_f1"],
                      "test_loss": result["test"]["loss"], "train_steps": result["steps"],
-                     "train_seconds": result["train_seconds"], **result["data_metrics"],
+                     "train_seconds": result["train_seconds"], **domain_accuracy_columns(task, result),
+                     **result["data_metrics"],
                      "cell": item.key, "config_hash": config_hash})
     frame = pd.DataFrame(rows)
     frame["budget"] = frame["budget"].astype("Int64")  # None (all labels) stays missing

@@ -5,13 +5,18 @@ RNG, peak learning rate) plus JSON metadata with the data position (the step and
 examples consumed; the order itself is a function of the seed, see `jaxdiv.train.data`).
 Orbax writes into a temporary folder and renames it when complete, so a kill mid-save
 leaves no checkpoint that looks finished. A checkpoint that still fails to restore (damaged
-files, a half-copied folder) is skipped with a warning and the previous one is used.
+files, a half-copied folder) is skipped with a one-line warning and the previous one is used;
+when training reaches that step again, the damaged copy is replaced. (Orbax keeps no checksum of
+raw array bytes: damage that still decodes, such as flipped bits inside an uncompressed chunk,
+restores as it reads.)
 Restoring takes the target shardings from an abstract state, so a checkpoint saved on one
 mesh shape restores onto another.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdiv.errors import JaxdivWarning
 from jaxdiv.train.config import CheckpointConfig
 
 
-class CheckpointWarning(UserWarning):
+# What a resumed run may change (ConfigError for anything else, see configlib.save_config):
+# bookkeeping and layout only. Everything else (steps, learning rate, data, model) shapes the
+# schedule or the state the checkpoint already holds.
+RESUME_SAFE_KEYS = ("workdir", "log.", "checkpoint.", "mesh.", "distributed.", "optim.eval_every",
+                    "optim.eval_batch_size")
+
+
+class CheckpointWarning(JaxdivWarning):
     """A checkpoint could not be restored and an older one was used instead."""
 
 
@@ -49,6 +62,10 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
+        if step in self.manager.all_steps():
+            # Only a copy that failed to restore is still here when training reaches its step
+            # again (a good one would have been resumed from): replace it.
+            self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -57,17 +74,18 @@ class Checkpointer:
         `abstract_state` (shapes, dtypes, shardings); None when there is none."""
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(abstract_state, restore_args=ocp.checkpoint_utils
-                                                 .construct_restore_args(abstract_state)),
-                    meta=ocp.args.JsonRestore()))
+                with _quiet_absl():
+                    restored = self.manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.PyTreeRestore(abstract_state, restore_args=ocp.checkpoint_utils
+                                                     .construct_restore_args(abstract_state)),
+                        meta=ocp.args.JsonRestore()))
                 state, meta = restored["state"], restored["meta"]
                 if int(np.max(state["step"].addressable_data(0))) != step or meta.get("step") != step:
                     raise ValueError(f"it records step {meta.get('step')}, not {step}")
                 return state, meta
             except Exception as err:  # orbax/tensorstore raise many kinds for damaged files
-                warnings.warn(f"checkpoint {self.directory / str(step)} is damaged or incomplete "
-                              f"({type(err).__name__}: {str(err)[:300]}); trying an older one",
+                warnings.warn(f"checkpoint step {step} at {self.directory / str(step)} is damaged or "
+                              f"incomplete ({_root_cause(err)}); trying an older one",
                               CheckpointWarning, stacklevel=2)
         return None
 
@@ -78,3 +96,25 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
+
+
+def _root_cause(err: BaseException, limit: int = 240) -> str:
+    """The innermost error of a chain on one line: TensorStore's names the array and file,
+    the outer ones dump the whole store spec."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Orbax logs every failed read through absl at ERROR level (thousands of lines for one
+    damaged file); the caller reports the failure itself, in one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

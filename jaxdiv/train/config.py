@@ -66,7 +66,13 @@ class CheckpointConfig:
     every: int = param(100, ge=0, help="save every N steps (0: only the final step)")
     keep: int = param(3, ge=1, help="keep the last K checkpoints")
     async_save: bool = param(True, help="save in the background while training continues")
-    resume: bool = param(True, help="resume from the latest good checkpoint in the workdir")
+    resume: bool = param(True, help="resume from the latest good checkpoint in the workdir. The "
+                         "config must equal the workdir's config.json except in workdir, log.*, "
+                         "checkpoint.*, mesh.*, distributed.*, optim.eval_every and "
+                         "optim.eval_batch_size (applied and recorded in config.json); any other "
+                         "change (e.g. optim.steps, which reshapes the learning-rate schedule) is "
+                         "an error naming the keys. false: train from scratch without restoring (and "
+                         "without the check)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +148,8 @@ class LMModelConfig:
     frozen_layers: int = param(0, ge=0, help="freeze the token embeddings (with a tied LM head, the head "
                                              "too) and this many bottom layers (0: train everything)")
     max_length: int = param(256, ge=8, help="tokens per example, prompt + response (longer rows are cut)")
+    remat: bool = param(False, help="recompute each decoder layer's activations in the backward pass "
+                                    "(only layer inputs stay live: long sequences fit, ~1/3 more FLOPs)")
     compute_dtype: Literal["float32", "bfloat16"] = param(
         "float32", help="matmul dtype; params and optimizer state stay float32")
 

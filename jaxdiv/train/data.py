@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxdiv.data.tasks import TaskError
+from jaxdiv.data.tasks import TaskError, load_table
 
 
 class DataError(TaskError):
@@ -41,20 +41,6 @@ class EncodedRows:
                 "labels": self.labels[index]}
 
 
-def load_table(path: str | Path):
-    """A CSV / JSONL / parquet file as a `datasets.Dataset`."""
-    import datasets
-
-    path = Path(path)
-    builder = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-    if not path.is_file() or builder is None:
-        raise DataError(f"{path} is not an existing .csv, .jsonl or .parquet file")
-    try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # the loaders raise several kinds for a malformed file
-        raise DataError(f"{path}: could not be read as {builder}: {err}") from err
-
-
 def read_rows(source: Any, label_names: Sequence[str] | None = None, *, what: str = "rows"
               ) -> tuple[list[str], list[int], tuple[str, ...]]:
     """(texts, label ids, label names) from a `datasets.Dataset`, a list of dicts, or a
@@ -67,7 +53,7 @@ def read_rows(source: Any, label_names: Sequence[str] | None = None, *, what: st
     import datasets
 
     if isinstance(source, (str, Path)):
-        source, what = load_table(source), str(source)
+        source, what = load_table(source, DataError), str(source)
     if isinstance(source, datasets.Dataset):
         feature = source.features.get("label")
         if label_names is None and isinstance(feature, datasets.ClassLabel):

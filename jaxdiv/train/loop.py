@@ -27,7 +27,7 @@ from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
 from jaxdiv.sharding import batch_sharding, make_mesh
 from jaxdiv.train import data as data_lib
-from jaxdiv.train.checkpoint import Checkpointer
+from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
 from jaxdiv.train.config import OptimConfig, TrainJobConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.metrics import MetricsWriter, Throughput, bert_train_flops, classification_metrics
@@ -96,6 +96,17 @@ class Fitted:
     train_metrics: dict[str, float]
 
 
+def jit_train_step(spec: ModelSpec, tx, optim: OptimConfig, mesh, shardings, batch_shardings, loss_fn=None):
+    """The train step jitted with the state's and the batch's shardings, the state donated (what
+    `fit` runs and `jaxdiv compile` compiles ahead of time)."""
+    # micro-batches (accum, micro, ...): rows stay sharded as in the global batch
+    constrain = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
+        mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
+    return jax.jit(make_train_step(spec, tx, optim, loss_fn, constrain),
+                   in_shardings=(shardings, batch_shardings),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+
+
 def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, flops_per_step: float = 0.0,
         evaluate_fn: Callable[..., None] | None = None) -> Fitted:
     """The training loop shared by every model: sharded state (or the latest good checkpoint),
@@ -127,14 +138,10 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
 
     example = train.take(np.zeros(1, np.int64))
     batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in example.items()}
-    # micro-batches (accum, micro, ...): rows stay sharded as in the global batch
-    constrain = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
-        mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
-    train_step = jax.jit(make_train_step(spec, tx, optim, loss_fn, constrain),
-                         in_shardings=(shardings, batch_shardings),
-                         out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    train_step = jit_train_step(spec, tx, optim, mesh, shardings, batch_shardings, loss_fn)
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
+    writer.truncate(start)
     throughput = Throughput(optim.batch_size, flops_per_step)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not cfg.log.progress or jax.process_index() != 0)
@@ -172,7 +179,7 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
     initialize(cfg.distributed)
     workdir = Path(workdir or cfg.workdir)
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir)
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
     prepared = prepare(cfg, train_rows, eval_splits or {}, label_names)
     spec = prepared.spec
     evals: dict[str, dict[str, float]] = {}

@@ -86,6 +86,18 @@ class MetricsWriter:
 
                 self._tb = SummaryWriter(str(Path(workdir) / "tb"))
 
+    def truncate(self, step: int) -> None:
+        """Drop records after `step`: a run resumed from the checkpoint of `step` logs the steps
+        after it again, so the log holds each step once."""
+        if not self.active or not self.path.is_file():
+            return
+        from jaxdiv.io import atomic_write_text
+
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and _step_of(line) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(self.path, "".join(kept))
+
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         if not self.active:
             return
@@ -101,6 +113,13 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")  # a line cut by the kill: dropped with the replayed steps
 
 
 class Throughput:

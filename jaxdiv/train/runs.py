@@ -34,7 +34,7 @@ from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
 from jaxdiv.sharding import DEFAULT_RULES, make_mesh, named_sharding
 from jaxdiv.train import data as data_lib
-from jaxdiv.train.checkpoint import Checkpointer
+from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
 from jaxdiv.train.config import TrainJobConfig
 from jaxdiv.train.loop import to_host, total_steps
 from jaxdiv.train.metrics import MetricsWriter, classification_metrics
@@ -82,7 +82,7 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
     workdir = Path(workdir or cfg.workdir)
     optim = cfg.optim
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir)
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
     tokenizer = load_tokenizer(model_dir(cfg.model))
     encoded, names = [], label_names
     for index, run in enumerate(runs):
@@ -179,6 +179,7 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
                         in_shardings=(shardings, eval_shardings), out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
+    writer.truncate(start)
     bar = tqdm(total=int(steps.max()), initial=start, desc=f"train x{num_runs}", unit="step",
                dynamic_ncols=True, disable=not cfg.log.progress or jax.process_index() != 0)
     for step in range(start, int(steps.max())):

@@ -27,6 +27,7 @@ from jaxdiv import configlib
 from jaxdiv.io import atomic_write_text
 from jaxdiv.sharding import batch_sharding
 from jaxdiv.train import data as data_lib
+from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS
 from jaxdiv.train.config import LMModelConfig, SFTJobConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.loop import fit, to_host
@@ -56,7 +57,7 @@ def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
 
     what = "sft rows"
     if isinstance(source, (str, Path)):
-        source, what = data_lib.load_table(source), str(source)
+        source, what = data_lib.load_table(source, data_lib.DataError), str(source)
     rows = source.to_list() if isinstance(source, datasets.Dataset) else list(source)
     columns = (cfg.data.prompt_column, cfg.data.response_column)
     pairs = []
@@ -119,6 +120,7 @@ def build_lm(cfg: LMModelConfig, seed: int):
     trainable = lm_trainable(cfg.frozen_layers)
     if cfg.pretrained:
         model, tokenizer = llama.load_pretrained(cfg.checkpoint, dtype=dtype)
+        model.remat = cfg.remat
         if cfg.frozen_layers > model.cfg.num_layers:
             raise configlib.ConfigError(f"model.frozen_layers={cfg.frozen_layers}: {cfg.checkpoint} has "
                                         f"{model.cfg.num_layers} layers")
@@ -138,7 +140,7 @@ def build_lm(cfg: LMModelConfig, seed: int):
         hidden = overrides.get("hidden_size", arch.hidden_size)
         overrides["head_dim"] = hidden // overrides.get("num_heads", arch.num_heads)
     arch = dataclasses.replace(arch, **overrides)
-    model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype)
+    model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype, remat=cfg.remat)
     return spec_of(model, arch, trainable), tokenizer
 
 
@@ -159,12 +161,13 @@ def lm_loss(spec: ModelSpec):
     return loss_fn
 
 
-def llama_train_flops(cfg, batch: int, length: int) -> float:
-    """Matmul FLOPs of one SFT step: 3x the forward (projections, attention, LM head)."""
-    h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_token_layer = 2 * (h * q * 2 + h * kv * 2 + 3 * h * cfg.intermediate_size) + 2 * 2 * length * q
-    forward = batch * length * (cfg.num_layers * per_token_layer + 2 * h * cfg.vocab_size)
-    return 3.0 * forward
+def llama_train_flops(cfg, batch: int, length: int, *, causal_once: bool = False) -> float:
+    """Matmul FLOPs of one SFT step: 3x the forward (projections, attention, LM head). Attention
+    counts every (query, key) pair as computed (causal_once: the causal half only, MaxText's
+    6·N·T + attention convention)."""
+    from jaxdiv.models.llama import forward_flops
+
+    return 3.0 * forward_flops(cfg, batch, length, length / 2 if causal_once else length)
 
 
 def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdir: str | Path | None = None
@@ -176,7 +179,7 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
     initialize(cfg.distributed)
     workdir = Path(workdir or cfg.workdir)
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir)
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
     if rows is None and not cfg.data.path:
         raise configlib.ConfigError("data.path: no rows given; set data.path or pass --train-rows")
     pairs = read_pairs(rows if rows is not None else cfg.data.path, cfg)

@@ -67,13 +67,20 @@ class ModelSpec:
         return sum(int(np.prod(v.shape)) for v in self.initial.values())
 
 
+def _host_f32(value: Any) -> np.ndarray | jax.ShapeDtypeStruct:
+    # an abstract model (nnx.eval_shape, e.g. for ahead-of-time compilation) stays abstract
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(value.shape, jnp.float32)
+    return np.asarray(value, np.float32)
+
+
 def spec_of(model: nnx.Module, config: Any, trainable=lambda path: True, num_labels: int = 0) -> ModelSpec:
     """Describe a built module: host copies of its params, their logical axes, what trains."""
     graphdef, state = nnx.split(model, nnx.Param)
     flat = list(nnx.to_flat_state(state))
     return ModelSpec(
         graphdef=graphdef,
-        initial={_key(p): np.asarray(v.get_value(), np.float32) for p, v in flat},
+        initial={_key(p): _host_f32(v.get_value()) for p, v in flat},
         logical_axes={_key(p): tuple(v.get_metadata().get("out_sharding") or (None,) * v.get_value().ndim)
                       for p, v in flat},
         trainable_keys=frozenset(_key(p) for p, _ in flat if trainable(p)),

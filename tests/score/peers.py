@@ -6,12 +6,13 @@ import pytest
 
 
 def diversity_module(name: str):
-    """A submodule of the `diversity` package, loaded by file: the package's __init__ imports spacy,
-    which is not installed (and not needed by the functions compared here).
+    """One metric module of the `diversity` package, loaded by file: the package's __init__
+    imports spacy and more, which are not installed (and not needed by the functions compared).
 
-    `diversity` pins transformers < 5, so it is in no extra (it would break the resolution); the
-    comparisons run where it is installed alongside (pip install --no-deps diversity) and skip
-    elsewhere.
+    `diversity` pins transformers < 5, so it is in no extra (it would break the resolution);
+    `pip install --no-deps diversity==0.3.1` (as .ci/run does) enables the comparisons, which
+    skip elsewhere. Its metric modules need only nltk, scikit-learn (test extra) and
+    sentence-transformers (torch extra).
     """
     if importlib.util.find_spec("diversity") is None:
         pytest.skip("the `diversity` package is not installed")

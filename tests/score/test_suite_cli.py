@@ -1,6 +1,7 @@
 """`jaxdiv score` end to end on real TREC rows, the pool reader, and the report's consistency."""
 
 import csv
+import dataclasses
 import json
 
 import datasets
@@ -55,7 +56,10 @@ def test_report_has_every_family_with_intervals(report, files):
         assert np.isfinite(entry["value"]) and entry["ci_low"] is not None, name
         assert entry["n"] == 30
     assert values["vendi_q1"]["biased_under_subsampling"] and not values["mmd2"]["biased_under_subsampling"]
-    assert any(name.startswith("frechet_distance/") for name in values)
+    # 30 rows over 6 labels in 384 dims: every per-label Frechet is fitted on a PCA projection
+    assert any(name.startswith("frechet_pca/") for name in values)
+    assert not any(name.startswith("frechet_distance/") for name in values)
+    assert all(1 <= entry["value"] <= 16 for name, entry in values.items() if name.startswith("frechet_pca_dims/"))
     assert 0.0 <= values["label_fidelity"]["value"] <= 1.0
     assert report["embedder"]["weights_hash"] and report["config"]["real"] == "file"
     assert (files[0] / "out" / "config.json").is_file()
@@ -111,10 +115,10 @@ def test_reads_a_generated_pool_directory(files):
 
     pool = Pool.create(root / "generated", {"label_names": ["HUM", "LOC"]})
     pool.append([row(0, rows[0]["text"]), row(1, rows[1]["text"]), row(2, rows[0]["text"]),  # a duplicate
-                 row(3, "", REJECTED, "no question in the output"), row(4, "Sure!", REJECTED, "chatter"),
-                 row(5, rows[2]["text"], REJECTED, "near_duplicate")])
+                 row(3, "", REJECTED, "no question in the output"), *(dataclasses.replace(row(i, text, REJECTED, reason), parsed_label="HUM")  # gated: parsed fine
+                   for i, text, reason in ((4, "Sure!", "chatter"), (5, rows[2]["text"], "near_duplicate")))])
     read = read_pool(root / "generated")
     assert read.texts == [rows[0]["text"], rows[1]["text"]] and read.labels == ["HUM", "HUM"]
-    # quality-gate rejections are counted apart from parse failures
-    assert read.parse_failures == 1 and read.total_rows == 3
+    # every reason is counted; gated rows (text and label present) are rejected, not parse failures
+    assert read.parse_failures == 1 and read.rejected == 4 and read.total_rows == 6
     assert read.rejections == {"duplicate": 1, "no question in the output": 1, "chatter": 1, "near_duplicate": 1}

@@ -1,0 +1,1 @@
+"""`jaxdiv compile`: jaxdiv's device programs compiled ahead of time for TPU topologies."""
