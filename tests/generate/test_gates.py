@@ -165,12 +165,13 @@ def test_generation_applies_the_gates_and_resumes_to_the_same_decisions(smollm2_
         if row["status"] == ACCEPTED:
             assert not rule_reason(row["raw_output"], row["text"], row["finish_reason"], row["prompt"], [],
                                    "?", GatesConfig()), row
-    # the score report counts the gates apart from parse failures
+    # the score report counts every reason; a gated row parsed (text and label), so it is
+    # rejected but never a parse failure
     read = read_pool(tmp_path / "pool")
-    assert read.rejections == counts["reasons"]
-    gate_rows = sum(n for reason, n in counts["reasons"].items()
-                    if reason in (TRUNCATED, ECHO, CHATTER, LABEL_PROBE, NEAR_DUPLICATE))
-    assert read.parse_failures == counts["rejected"] - gate_rows - counts["reasons"].get("duplicate", 0)
+    assert read.rejections == counts["reasons"] and read.rejected == counts["rejected"]
+    gated_rows = [r for r in rows if r["reason"] in (TRUNCATED, ECHO, CHATTER, LABEL_PROBE, NEAR_DUPLICATE)]
+    assert all(r["text"] and r["parsed_label"] == r["intended_label"] for r in gated_rows)
+    assert read.parse_failures == sum(r["status"] != ACCEPTED and not r["text"] for r in rows)
 
     # resume: lose the last two chunks, run again: the same rows, texts and decisions
     for chunk in sorted((tmp_path / "pool" / "rows").glob("chunk-*.jsonl"))[-2:]:
