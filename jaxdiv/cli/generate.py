@@ -22,6 +22,14 @@ DESCRIPTION = textwrap.dedent("""\
     SmolLM2-135M-Instruct) or openai (any chat-completions server: --set openai.base_url=...
     --set openai.model=...; the key is read from $OPENAI_API_KEY, never written).
 
+    Quality gates (each on by default; jaxdiv/generate/gates.py documents the rules): a row is
+    stored rejected, its reason the gate's name, when it is truncated (hit max_new_tokens with no
+    natural end), an echo of its prompt or few-shot examples, assistant chatter, a near duplicate
+    of an earlier accepted row (MiniLM cosine >= 0.95), or when the label probe gives its intended
+    label less than 0.5 (gates.labels.label_probe=budget: trained on the real_budget rows per
+    class only; oracle: on every real label, named an oracle). Switch one off with e.g.
+    --set gates.chatter=false; the summary line counts every rejection reason.
+
     Resume: rows are stored in chunks of chunk_rows rows (default 32; --set chunk_rows=N), each
     written atomically, so a killed run started again with the same settings and --workdir
     resumes after its last complete chunk (it redoes at most the chunk in progress; a run of

@@ -18,7 +18,8 @@ def register(sub, formatter) -> None:
                     "Families: embedding diversity (Vendi q=0.5/1/2/inf, mean cosine distance, chamfer, "
                     "DCScore, k-means, log-det, effective rank), lexical (distinct-n, n-gram entropy, "
                     "self-BLEU, gzip ratio, self-repetition), quality (exact / near duplicates, label "
-                    "fidelity, parse failures), complexity proxies, and with --real the shift against the "
+                    "fidelity, parse failures, and a generated pool's rows rejected per reason: parse "
+                    "failures and the quality gates), complexity proxies, and with --real the shift against the "
                     "real task's training split (MMD^2, Frechet; overall and per label).\n"
                     "Every set metric gets a seeded half-sample confidence interval and its subsample bias.\n\n"
                     "Writes WORKDIR/score_report.json and WORKDIR/config.json (WORKDIR defaults to "
@@ -54,7 +55,8 @@ def _run(args) -> int:
     pool = read_pool(args.pool, cfg.text_column, cfg.label_column, cfg.parse_error_column)
     real = load_task(cfg.task) if cfg.real else None
     report = score_pool(pool.texts, pool.labels, real=real, cfg=cfg, parse_failures=pool.parse_failures,
-                        rejected=pool.rejected, progress=not args.no_progress)
+                        rejected=pool.rejected, rejections=pool.rejections,
+                        progress=not args.no_progress)
     report["pool"] = pool.source
     workdir = Path(cfg.workdir or Path("runs/score") / Path(args.pool).resolve().stem)
     configlib.save_config(cfg, workdir)
@@ -69,5 +71,7 @@ def _run(args) -> int:
     print_table(rows, ("family", "metric", "value", f"{cfg.bootstrap.level:.0%} CI", "half-sample bias"))
     for key, value in report["info"].items():
         print(f"  {key}: {value}")
+    for reason, entry in report["rejections"].items():
+        print(f"  rejected ({reason}): {entry['rows']} rows, {entry['share']:.1%}")
     print(f"report: {path}")
     return 0

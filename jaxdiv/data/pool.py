@@ -17,8 +17,10 @@ restarted on the same directory neither duplicates nor loses rows. A writer hold
 lock on the folder for its lifetime, so a second `jaxdiv generate` on it fails at once; chunk
 names carry a per-writer id, so no writer overwrites another's chunk. A row found stored twice
 (left by an older, unlocked version) warns, naming both chunks, and the first copy is kept.
-Malformed LLM output
-is stored with `status="rejected"` and a `reason`; nothing is dropped silently. Dedup
+Malformed LLM output,
+and a row a quality gate rejects (`jaxdiv.generate.gates`: truncated, echo, chatter,
+label_probe, near_duplicate), is stored with `status="rejected"` and a `reason`; nothing is
+dropped silently, and `counts()["reasons"]` counts every reason. Dedup
 (on by default) rejects a row whose normalised text equals an earlier accepted row's.
 """
 
@@ -276,9 +278,11 @@ class Pool:
     def rows(self) -> list[dict[str, Any]]:
         return sorted(self._rows, key=lambda r: r["row"])
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
+        """rows, accepted, rejected, and reasons: {rejection reason: rows} (`reasons()`)."""
         accepted = sum(r["status"] == ACCEPTED for r in self._rows)
-        return {"rows": len(self._rows), "accepted": accepted, "rejected": len(self._rows) - accepted}
+        return {"rows": len(self._rows), "accepted": accepted, "rejected": len(self._rows) - accepted,
+                "reasons": self.reasons()}
 
     def reasons(self) -> dict[str, int]:
         """Rejection reasons with their counts, details dropped ('duplicate of X' -> 'duplicate',

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from jaxdiv.configlib import ConfigError, param, section
 from jaxdiv.data.tasks import TaskConfig
+from jaxdiv.score.config import DiversityConfig, EmbedderConfig
 from jaxdiv.sharding import MeshConfig
 
 
@@ -126,6 +128,47 @@ class RecipeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelsConfig:
+    """Label fidelity gate: a probe on MiniLM embeddings keeps a row when it gives the intended
+    label at least `min_probability` (jaxdiv/generate/gates.py)."""
+
+    label_probe: Literal["budget", "oracle", "off"] = param(
+        "budget", help="budget: the probe is trained only on the real rows the cell may see "
+        "(real_budget per class of real subset real_subset; all training rows when real_budget is 0); "
+        "oracle: trained on every real training label, which the cell does not have (named an oracle "
+        "in the pool meta, the rejection reason and reports); off: no probe. A budget under ~8 rows "
+        "per class gives a weak probe that may reject most rows of a class (the pool then runs short)")
+    min_probability: float = param(0.5, ge=0.0, le=1.0, help="keep a row when the probe's probability "
+                                   "of its intended label is at least this")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatesConfig:
+    """Per-row quality gates; a gated row is stored rejected with the gate's name as its reason
+    (the rules are documented in jaxdiv/generate/gates.py)."""
+
+    truncation: bool = param(True, help="reject a completion that hit max_new_tokens without a natural "
+                             "end (the task's end mark, else a sentence end)")
+    echo: bool = param(True, help="reject a completion that restates the prompt's instruction or "
+                       "copies a few-shot example")
+    echo_bigram_share: float = param(0.4, gt=0.0, le=1.0, help="echo: share of the completion's word "
+                                     "bigrams that also occur in the instruction, at or above which it "
+                                     "is an echo (and at least 3 of them)")
+    echo_jaccard: float = param(0.75, gt=0.0, le=1.0, help="echo: word-set Jaccard similarity to any "
+                                "few-shot example at or above which it is an echo")
+    chatter: bool = param(True, help="reject assistant chatter: meta-phrases ('Here's a new ...', "
+                          "'Sure!', 'As an AI', 'I'm ready to help') and addressing the user")
+    near_duplicate: bool = param(True, help="reject a row whose MiniLM embedding has cosine >= "
+                                 "near_duplicate_threshold with an earlier accepted row's (row order, "
+                                 "so resume decides the same)")
+    near_duplicate_threshold: float = param(
+        DiversityConfig().near_duplicate_threshold, ge=-1.0, le=1.0,
+        help="cosine at or above which a row is a near duplicate (the score kernel's threshold)")
+    labels: LabelsConfig = section(LabelsConfig)
+    embedder: EmbedderConfig = section(EmbedderConfig)
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerateConfig:
     """A `jaxdiv generate` job: task x recipe x level -> a labelled synthetic pool."""
 
@@ -140,6 +183,7 @@ class GenerateConfig:
     chunk_rows: int = param(32, ge=1, help="rows per atomically appended pool chunk; a chunk's "
                             "rows are sorted by prompt length into batches")
     dedup: bool = param(True, help="reject exact (normalised) duplicate texts")
+    gates: GatesConfig = section(GatesConfig)
     workdir: str = param("pools/run", help="the pool directory")
     seed: int = param(0, help="global seed: prompts, topics, few-shot draws and sampling derive from it")
     real_budget: int = param(0, ge=0, help="real labelled rows per class the generator may see "

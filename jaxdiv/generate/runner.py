@@ -11,11 +11,12 @@ from jaxdiv import configlib
 from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import load_task
 from jaxdiv.generate.config import GenerateConfig
+from jaxdiv.generate.gates import Gates
 from jaxdiv.generate.recipes import Recipe, label_leak, recipe_meta, save_topics
 from jaxdiv.io import atomic_write_text
 
 
-def pool_meta(cfg: GenerateConfig, task, backend) -> dict:
+def pool_meta(cfg: GenerateConfig, task, backend, gates: Gates | None = None) -> dict:
     """What a pool is; a resumed run must match it exactly (the pool's identity)."""
     identity = {k: v for k, v in configlib.to_dict(cfg).items() if k not in ("workdir", "chunk_rows", "mesh")}
     identity["jax"] = {"model": cfg.jax.model, "dtype": cfg.jax.dtype} if cfg.backend == "jax" else None
@@ -24,7 +25,8 @@ def pool_meta(cfg: GenerateConfig, task, backend) -> dict:
     return {"task": task.name, "label_names": list(task.label_names), "recipe": cfg.recipe.name,
             "level": cfg.recipe.level, "n": cfg.n, "generator": backend.generator_id,
             "weights_hash": backend.weights_hash, "label_leak": label_leak(cfg.recipe, cfg.real_budget),
-            "identity_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}
+            "identity_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
+            **({"gates": gates.meta()} if gates is not None else {})}
 
 
 def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Pool:
@@ -42,10 +44,11 @@ def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Po
             mesh = make_mesh(cfg.mesh)
         backend = make_backend(cfg, mesh=mesh)
     workdir = Path(cfg.workdir)
-    pool = Pool.create(workdir, pool_meta(cfg, task, backend))
-    configlib.save_config(cfg, workdir)
     recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=progress,
                     real_budget=cfg.real_budget, real_subset=cfg.real_subset)
+    gates = Gates(cfg, task, recipe.brief.must_end_with)
+    pool = Pool.create(workdir, pool_meta(cfg, task, backend, gates))
+    configlib.save_config(cfg, workdir)
     atomic_write_text(workdir / "recipe.json", json.dumps(recipe_meta(recipe), indent=2))
     save_topics(recipe, workdir)
     if isinstance(backend, JaxBackend):
@@ -59,8 +62,8 @@ def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Po
     for begin in range(0, len(todo), cfg.chunk_rows):
         plans = [recipe.plan(row) for row in todo[begin:begin + cfg.chunk_rows]]
         completions = backend.complete([plan.request for plan in plans])
-        stored = pool.append([recipe.parse(plan, c) for plan, c in zip(plans, completions)],
-                             dedup=cfg.dedup)
+        rows = gates.apply(pool, plans, [recipe.parse(plan, c) for plan, c in zip(plans, completions)])
+        stored = pool.append(rows, dedup=cfg.dedup)
         tokens += sum(c.completion_tokens for c in completions)
         counts = pool.counts()
         elapsed = max(time.perf_counter() - started, 1e-9)

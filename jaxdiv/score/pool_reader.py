@@ -3,6 +3,7 @@
 - A generated-pool directory (`jaxdiv.data.pool`, with its `pool.json`): its accepted rows are
   scored with their labels; every other row counts as rejected (`rejected_share`), and those
   whose output gave no text, or a label outside the task's, as parse failures.
+  Every rejection reason is counted too (`rejections`, from `Pool.reasons()`).
 - Any other table with a text column (and optionally a label column): a row *failed to parse*
   when its text is missing or blank, or when the table has a `parse_error_column` and that
   row's value there is non-empty.
@@ -28,6 +29,7 @@ class PoolRows:
     labels: list[str] | None    # their labels as strings (None: the pool has no label column)
     total_rows: int             # all rows, the rows left out included
     parse_failure_rows: int | None = None  # None: every row left out failed to parse
+    rejections: dict[str, int] = dataclasses.field(default_factory=dict)  # generated pools: reason -> rows
 
     @property
     def rejected(self) -> int:
@@ -88,4 +90,4 @@ def _read_generated_pool(path: Path) -> PoolRows:
     unparsed = sum(r["status"] != ACCEPTED and not r["reason"].startswith(REQUEST_FAILED)
                    and (not r["text"] or r["parsed_label"] not in labels) for r in rows)
     return PoolRows(str(path), [r["text"] for r in accepted], [r["intended_label"] for r in accepted],
-                    len(rows), unparsed)
+                    len(rows), unparsed, pool.reasons())

@@ -60,9 +60,17 @@ def train_probe(x: np.ndarray, y: Sequence[int], num_labels: int,
                         learning_rate=cfg.classifier_learning_rate, l2=cfg.classifier_l2)
 
 
+def _logits(params: dict[str, jax.Array], x: np.ndarray) -> jax.Array:
+    return jnp.matmul(jnp.asarray(x, jnp.float32), params["w"], precision=HIGHEST) + params["b"]
+
+
 def predict(params: dict[str, jax.Array], x: np.ndarray) -> np.ndarray:
-    logits = jnp.matmul(jnp.asarray(x, jnp.float32), params["w"], precision=HIGHEST) + params["b"]
-    return np.asarray(jnp.argmax(logits, axis=1))
+    return np.asarray(jnp.argmax(_logits(params, x), axis=1))
+
+
+def probabilities(params: dict[str, jax.Array], x: np.ndarray) -> np.ndarray:
+    """(rows, labels) probe probabilities (the generate stage's label-fidelity gate reads them)."""
+    return np.asarray(jax.nn.softmax(_logits(params, x), axis=1))
 
 
 def label_fidelity(params: dict[str, jax.Array], x: np.ndarray, intended: Sequence[int]) -> float:

@@ -2,8 +2,10 @@
 
 The report is a JSON-ready dict: one entry per metric (family, value, confidence interval,
 subsample bias, whether the metric is biased under subsampling, n), the embedder's weights hash,
-the resolved config, and `info` (settings that explain the numbers: self-BLEU's reference count,
-the MMD bandwidth, the label probe's accuracy on the real test split).
+the resolved config, `info` (settings that explain the numbers: self-BLEU's reference count,
+the MMD bandwidth, the label probe's accuracy on the real test split), and `rejections` (a
+generated pool's rows rejected per reason, parse failures and quality gates, with their share of
+all its rows).
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ def label_ids(labels: Sequence[str], label_names: Sequence[str], source: str = "
 def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, real: Task | None = None,
                cfg: ScoreConfig = ScoreConfig(), embedder: Embedder | None = None,
                embeddings: np.ndarray | None = None, parse_failures: int = 0,
-               rejected: int | None = None, progress: bool = True) -> dict:
+               rejected: int | None = None, rejections: dict[str, int] | None = None,
+               progress: bool = True) -> dict:
     """Score a pool of texts (optionally labelled) against an optional real task.
 
     `rejected`: rows left out of the texts for any reason (default `parse_failures`, as in a
     plain table where a row is left out only when it does not parse); `parse_failures`: those
-    whose output could not be parsed at all. Both are reported as shares of all rows."""
+    whose output could not be parsed at all. Both are reported as shares of all rows. `rejections`
+    ({reason: rows}, a generated pool's `Pool.reasons()`) go into the report with their shares."""
     texts = list(texts)
     n = len(texts)
     if n < 2:
@@ -118,6 +122,8 @@ def score_pool(texts: Sequence[str], labels: Sequence[str] | None = None, *, rea
     metrics.append(_entry("rejected_share", "quality", rejected / total, None, total, bar_cfg))
     metrics.append(_entry("parse_failure_share", "quality", parse_failures / total, None, total, bar_cfg))
     return {"n": n, "n_rows": total, "real_task": real.name if real is not None else None,
+            "rejections": {reason: {"rows": count, "share": count / total}
+                           for reason, count in sorted((rejections or {}).items())},
             "embedder": {"model": cfg.embedder.model, "weights_hash": embedder.model_hash,
                          "max_length": cfg.embedder.max_length},
             "config_hash": configlib.config_hash(cfg), "config": configlib.to_dict(cfg),

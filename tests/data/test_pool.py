@@ -28,7 +28,7 @@ def test_rows_round_trip_with_provenance_and_classlabel(tmp_path):
     pool.append([_row(0, "Who built the pyramids?"), _row(1, "Where is Mount Etna?", "LOC")])
     pool.append([_row(2, "", status=REJECTED, reason="empty output", parsed="")])
     reopened = Pool.open(tmp_path)
-    assert reopened.counts() == {"rows": 3, "accepted": 2, "rejected": 1}
+    assert reopened.counts() == {"rows": 3, "accepted": 2, "rejected": 1, "reasons": {"empty output": 1}}
     accepted = reopened.accepted()
     assert accepted.column_names[:3] == ["id", "text", "label"]
     assert accepted.features["label"].names == LABELS

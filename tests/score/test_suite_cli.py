@@ -1,6 +1,7 @@
 """`jaxdiv score` end to end on real TREC rows, the pool reader, and the report's consistency."""
 
 import csv
+import dataclasses
 import json
 
 import datasets
@@ -114,7 +115,10 @@ def test_reads_a_generated_pool_directory(files):
 
     pool = Pool.create(root / "generated", {"label_names": ["HUM", "LOC"]})
     pool.append([row(0, rows[0]["text"]), row(1, rows[1]["text"]), row(2, rows[0]["text"]),  # a duplicate
-                 row(3, "", REJECTED, "no question in the output")])
+                 row(3, "", REJECTED, "no question in the output"), *(dataclasses.replace(row(i, text, REJECTED, reason), parsed_label="HUM")  # gated: parsed fine
+                   for i, text, reason in ((4, "Sure!", "chatter"), (5, rows[2]["text"], "near_duplicate")))])
     read = read_pool(root / "generated")
     assert read.texts == [rows[0]["text"], rows[1]["text"]] and read.labels == ["HUM", "HUM"]
-    assert read.parse_failures == 1 and read.rejected == 2 and read.total_rows == 4
+    # every reason is counted; gated rows (text and label present) are rejected, not parse failures
+    assert read.parse_failures == 1 and read.rejected == 4 and read.total_rows == 6
+    assert read.rejections == {"duplicate": 1, "no question in the output": 1, "chatter": 1, "near_duplicate": 1}
