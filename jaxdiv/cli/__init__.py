@@ -19,6 +19,7 @@ COMMANDS = (
     "jaxdiv.cli.tasks",
     "jaxdiv.cli.generate",
     "jaxdiv.cli.score",
+    "jaxdiv.cli.select",
     "jaxdiv.cli.train",
     "jaxdiv.cli.report",
     "jaxdiv.cli.run",

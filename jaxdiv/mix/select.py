@@ -20,6 +20,8 @@ from jaxdiv.generate.selection import SelectionError, reachable_range, select_to
 from jaxdiv.score.config import DiversityConfig
 from jaxdiv.score.diversity import vendi_scores
 
+SELECT_METRIC = "vendi_q1"  # the selection mechanism's diversity (study and `jaxdiv select`)
+
 
 @dataclasses.dataclass(frozen=True)
 class Subset:
@@ -31,7 +33,7 @@ class Subset:
 
 
 def select_subsets(embeddings: np.ndarray, labels: Sequence[int], label_names: Sequence[str],
-                   per_class: Sequence[int], positions: Sequence[float], metric: str = "vendi_q1",
+                   per_class: Sequence[int], positions: Sequence[float], metric: str = SELECT_METRIC,
                    cfg: DiversityConfig = DiversityConfig()) -> list[Subset]:
     """One subset per position in [0, 1], each with exactly `per_class[c]` rows of class c,
     sorted and named by measured diversity. `embeddings` and `labels` are row-aligned."""

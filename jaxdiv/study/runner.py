@@ -55,7 +55,6 @@ RESULT_FILE = "results.parquet"
 POOLS_FILE = "pools.parquet"
 ACCEPTED_FILE = "accepted_rows.parquet"
 REAL_ONLY = "real-only"
-SELECT_METRIC = "vendi_q1"  # the selection mechanism's diversity, on the score section's embeddings
 
 
 class StudyError(JaxdivError, ValueError):
@@ -292,7 +291,7 @@ def selected_sources(cfg: StudyConfig, task: Task, slot: PoolSlot, per_class: tu
                      scorer: Scorer, workdir: Path, progress: bool) -> list[Source]:
     """The select mechanism: one subset per grid.select_positions from the large pool, each with
     `per_class` rows per class, named S0.. by measured diversity (cached by the rows they come from)."""
-    from jaxdiv.mix.select import select_subsets
+    from jaxdiv.mix.select import SELECT_METRIC, select_subsets
 
     accepted = slot.pool.accepted()
     key = _key(slot.key, sorted(accepted["id"]), per_class, cfg.grid.select_positions, SELECT_METRIC,
@@ -309,7 +308,8 @@ def selected_sources(cfg: StudyConfig, task: Task, slot: PoolSlot, per_class: tu
     index = {row_id: i for i, row_id in enumerate(accepted["id"])}
     return [Source(subset["name"], "select", slot.replicate, slot, _key(key, subset["position"]),
                    accepted.select(sorted(index[i] for i in subset["ids"])), per_class, fallback,
-                   {"select_position": subset["position"], f"select_{SELECT_METRIC}": subset["measured"]})
+                   {"select_position": subset["position"], "select_metric": SELECT_METRIC,
+                    "select_measured": subset["measured"]})
             for subset in made["subsets"]]
 
 
