@@ -7,9 +7,9 @@ A demonstration of the pipeline, not a test of the claim: it is sized for a 2-co
 run under 15 minutes, a cached re-run under 1 minute), so it has one generation seed and one
 real subset (no generation or subset variance enters any interval), two training seeds (fewer
 than the 3 paired replicates a comparison needs: the report says "not testable"), the
-fixed_total protocol only, two small label budgets, small pools (one per level and budget,
-each with exactly the budget's rows per class used: equal n across levels), and partial
-fine-tuning (the top two encoder layers and the head) in bf16. `configs/study_full.py` is the
+fixed_total protocol only, two small label budgets, synthetic proportions up to one half, small
+pools (one per level and budget; every level's cells draw on the same number of synthetic rows
+per class: equal n), and partial fine-tuning (the top two encoder layers and the head) in bf16. `configs/study_full.py` is the
 full-size study for accelerators.
 """
 
@@ -45,8 +45,9 @@ def get_config() -> StudyConfig:
             log=LogConfig(tensorboard=False, progress=True),
         ),
         # 3 levels x 2 budgets = 6 pools, each first planned at 96 rows and extended while a class
-        # has fewer accepted rows than the budget (b per class at proportion 1), up to 480 rows.
-        grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.5, 1.0), budgets=(8, 16), subsets=(0,),
+        # has fewer accepted rows than its cells use (b/2 per class at proportion 0.5), up to 480 rows.
+        # (Proportion 1 would double the rows to generate: about 5 more minutes on 2 cores.)
+        grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.25, 0.5), budgets=(8, 16), subsets=(0,),
                         generation_seeds=(0,), protocols=("fixed_total",), seeds=(0, 1), pool_rows=96,
                         max_pool_rows=480),
         train_group_size=32,  # every cell in one vmapped program: one compile, one feature table

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jaxdiv.cli import main
 from jaxdiv.configlib import ConfigError, load_config
 from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import budget_rows
@@ -31,8 +30,9 @@ def tiny_overrides(workdir: Path, topics: Path) -> list[str]:
         f"workdir={workdir}", "grid.mechanisms=prompt,select", "grid.levels=0,2", "grid.select_level=2",
         "grid.select_pool_rows=12", "grid.select_positions=0,0.5,1", "grid.proportions=0,1", "grid.budgets=2",
         "grid.seeds=0,1", "grid.protocols=fixed_total,added",
-        # 12 rows cannot hold 2 accepted rows of each of 6 classes: every pool is extended.
-        "grid.pool_rows=12", "grid.max_pool_rows=96",
+        # 12 rows cannot hold 2 accepted rows of each of 6 classes: every pool is extended, to at most
+        # 36 rows (one or two extensions); a class still short shrinks every level to its count.
+        "grid.pool_rows=12", "grid.max_pool_rows=36", "grid.short_pools=shrink",
         f"generate.recipe.topics_file={topics}", "generate.recipe.few_shot=1",
         "generate.sampling.max_new_tokens=24", "generate.jax.batch_buckets=(24,)",
         "generate.jax.prompt_buckets=(256,)", "generate.chunk_rows=12",
@@ -89,9 +89,15 @@ def test_results_table_has_every_cell_once(study, trec_task):
     assert set(synthetic["mechanism"]) == {"prompt", "select"}
     assert set(synthetic[synthetic["mechanism"] == "select"]["recipe"]) == {"select"}
     assert set(synthetic[synthetic["mechanism"] == "prompt"]["recipe"]) == {"topics"}
-    # Equal n: every level holds 2 synthetic rows per class; fixed_total replaces the real rows, added keeps them.
-    assert (synthetic["synthetic_rows"] == 2 * 6).all() and (synthetic["fallback"] == "").all()
-    assert (synthetic[synthetic["protocol"] == "fixed_total"]["real_rows"] == 0).all()
+    # Equal n: the levels of a mechanism hold the same synthetic rows per class (2, or the shrunk
+    # count, recorded as the fallback); fixed_total fills the rest with real rows, added keeps all 12.
+    pools = pd.read_parquet(workdir / "pools.parquet").set_index("pool")
+    for mechanism, group in synthetic.groupby("mechanism"):
+        assert group["synthetic_rows"].nunique() == 1 and group["fallback"].nunique() == 1
+        assert (group["synthetic_rows"] == pools.loc[group["pool"], "used_rows"].to_numpy()).all()
+        assert (group["fallback"] == "").all() == (group["synthetic_rows"] == 2 * 6).all()
+    fixed = synthetic[synthetic["protocol"] == "fixed_total"]
+    assert (fixed["real_rows"] + fixed["synthetic_rows"] == 2 * 6).all()
     assert (synthetic[synthetic["protocol"] == "added"]["real_rows"] == 2 * 6).all()
     assert not synthetic["label_leak"].any()
     assert results["accuracy"].between(0, 1).all() and results["macro_f1"].between(0, 1).all()
@@ -106,7 +112,7 @@ def test_results_table_has_every_cell_once(study, trec_task):
         assert len(manifest["real_ids"]) + len(manifest["synthetic_ids"]) == sum(
             sum(v.values()) for v in manifest["counts"].values())
         assert set(manifest["real_ids"]) <= budget_ids
-        assert set(manifest["counts"]["synthetic"].values()) <= {0, 2}
+        assert set(manifest["counts"]["synthetic"].values()) <= {0, 1, 2}
 
 
 def test_pools_are_extended_to_equal_n_and_scored(study):
@@ -116,20 +122,22 @@ def test_pools_are_extended_to_equal_n_and_scored(study):
     assert list(pools["mechanism"]) == ["prompt"] * 2 + ["select"] * 3
     assert (pools["budget"] == 2).all() and (pools["subset"] == 0).all() and (pools["gen_seed"] == 0).all()
     # Every pool was first planned at 12 rows and extended (one directory each, its first rows kept).
-    assert (pools["rows"] > 12).all() and (pools["rows"] <= 96).all()
+    assert (pools["rows"] > 12).all() and (pools["rows"] <= 36).all()
     assert len(list((workdir / "pools").iterdir())) == 2
-    assert (pools["used_rows"] == 12).all() and (pools["accepted"] >= 12).all()
     assert (pools["vendi_q1"] >= 1).all() and pools["vendi_q1_ci"].notna().all()
+    assert (pools["accepted"] >= pools["used_rows"]).all()
     # The select subsets come from D2's pool, at equal n, named by measured diversity.
     select = pools[pools["mechanism"] == "select"]
     assert set(select["parent_pool"]) == {pools.loc[pools["level"] == "D2", "pool"].item()}
-    assert select["select_vendi_q1"].is_monotonic_increasing
-    assert select["vendi_q1"].tolist() == pytest.approx(select["select_vendi_q1"].tolist(), rel=1e-4)
+    assert select["select_measured"].is_monotonic_increasing and (select["select_metric"] == "vendi_q1").all()
+    assert select["vendi_q1"].tolist() == pytest.approx(select["select_measured"].tolist(), rel=1e-4)
     rows = pd.read_parquet(workdir / "accepted_rows.parquet")
-    used = rows[rows["used"]]
-    assert (used.groupby(["level", "label"]).size() == 2).all()
-    assert set(used.groupby("level").size()) == {12}
     assert set(rows["pool"]) == set(pools["pool"])
+    used = rows[rows["used"]]
+    for mechanism, group in used.groupby("mechanism"):  # equal rows per class across the levels
+        per_level = group.groupby("level")["label"].value_counts().unstack(fill_value=0)
+        assert (per_level.nunique() == 1).all() and per_level.to_numpy().max() <= 2
+        assert set(group.groupby("level").size()) == set(pools[pools["mechanism"] == mechanism]["used_rows"])
     text = report.read_text()
     for section in ("## Summary", "## Generated pools"):
         assert section in text
@@ -169,23 +177,6 @@ def test_pool_extension_and_real_only_planning():
     assert len(planned) == 3 * 2 * 3  # budgets x subsets x seeds: the baseline once, whatever else varies
     assert {(p.cell.budget, p.cell.subset, p.cell.seed) for p in planned} == {
         (b, s, k) for b in (4, 8, None) for s in (0, 1) for k in (0, 1, 2)}
-
-
-def test_select_cli_writes_subsets_at_equal_n_ordered_by_diversity(study, tmp_path, capsys, trec_task):
-    cfg, workdir, _ = study
-    pool = next(p for p in (workdir / "pools").iterdir() if p.name.startswith("D2-"))
-    out = tmp_path / "selected"
-    assert main(["select", str(pool), "--targets", "1,0", "--n", "2", "--out", str(out), "--no-progress"]) == 0
-    summary = json.loads((out / "selection.json").read_text())
-    assert [s["name"] for s in summary["subsets"]] == ["S0", "S1"]
-    assert [s["position"] for s in summary["subsets"]] == [0.0, 1.0]  # named by measured diversity
-    assert summary["subsets"][0]["vendi_q1"] <= summary["subsets"][1]["vendi_q1"]
-    for name in ("S0", "S1"):
-        rows = pd.read_parquet(out / f"{name}.parquet")
-        assert rows.groupby("label").size().to_dict() == {label: 2 for label in trec_task.label_names}
-    assert "S1" in capsys.readouterr().out
-    assert main(["select", str(pool), "--targets", "0,2", "--n", "2", "--out", str(out)]) == 2
-    assert "must be positions in [0, 1]" in capsys.readouterr().err
 
 
 def test_rerun_is_cached_and_a_changed_parameter_recomputes_only_what_depends_on_it(study, tmp_path, topics_file):
