@@ -3,14 +3,14 @@
     jaxdiv run configs/demo.py
     jaxdiv run configs/demo.py --set grid.seeds=0,1,2 --set workdir=runs/demo3
 
-A demonstration of the pipeline, not a test of the claim: it is sized for a 2-core CPU (first
-run under 15 minutes, a cached re-run under 1 minute), so it has one generation seed and one
+A demonstration of the pipeline, not a test of the claim: it is sized for a 2-core CPU (target:
+first run under 15 minutes, a cached re-run under 1 minute), so it has one generation seed and one
 real subset (no generation or subset variance enters any interval), two training seeds (fewer
 than the 3 paired replicates a comparison needs: the report says "not testable"), the
 fixed_total protocol only, two small label budgets, synthetic proportions up to one half, small
 pools (one per level and budget; every level's cells draw on the same number of synthetic rows
-per class: equal n), and partial fine-tuning (the top two encoder layers and the head) in bf16. `configs/study_full.py` is the
-full-size study for accelerators.
+per class: equal n), and partial fine-tuning (the top two encoder layers and the head) in bf16.
+`configs/study_full.py` is the full-size study for accelerators.
 """
 
 from jaxdiv.data.tasks import TaskConfig

@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,11 @@ def ensure_pools(cfg: StudyConfig, task: Task, workdir: Path, progress: bool) ->
                     run_generate(dataclasses.replace(settings, n=rows, workdir=str(directory)),
                                  backend=generator, progress=progress)
                 pool = Pool.open(directory)
-                rows = next_pool_rows(len(pool), accepted_per_class(pool, task.label_names), need, cap or rows)
+                have = accepted_per_class(pool, task.label_names)
+                rows = next_pool_rows(len(pool), have, need, cap or rows)
+                if rows and progress:
+                    print(f"pool {directory.name}: extending to {rows} rows (accepted per class {list(have)}, "
+                          f"needed {list(need)})", flush=True)
             slots[level, replicate] = PoolSlot(level, replicate, pool, key)
     return slots
 
@@ -344,7 +349,8 @@ def pool_table(cfg: StudyConfig, task: Task, sources: list[Source], scorer: Scor
         reasons = counts.get("reasons") or pool.reasons()  # the gates' per-reason counts where kept
         rows.append({**source_columns(source), "parent_pool": source.slot.key, "rows": counts["rows"],
                      "accepted": counts["accepted"], "used_rows": source.rows.num_rows,
-                     **{f"reject_{reason.replace(' ', '_')}": n for reason, n in sorted(reasons.items())},
+                     **{"reject_" + re.sub(r"\W+", "_", reason).strip("_"): count
+                        for reason, count in sorted(reasons.items())},
                      "fallback": source.fallback, "label_leak": bool(pool.meta.get("label_leak", False)),
                      "label_probe": str(pool.meta.get("label_probe", "")), **source.selection,
                      **metric_columns(report, ""), **intervals})

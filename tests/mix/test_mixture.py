@@ -65,9 +65,11 @@ def test_seeded_deterministic_and_nested(real_and_synthetic):
 def test_impossible_cell_names_the_cell_and_class(real_and_synthetic):
     real, synthetic, names = real_and_synthetic
     # TREC has 60 ABBR training questions and 9 ABBR validation ones.
-    with pytest.raises(MixtureError, match=r"cell b100-r0-p0-s0-fixed_total: class 'ABBR' needs 100 real rows, only 60"):
+    with pytest.raises(MixtureError,
+                       match=r"cell b100-r0-p0-s0-fixed_total: class 'ABBR' needs 100 real rows, only 60"):
         build_mixture(real, synthetic, names, Cell(100, 0.0, 0))
-    with pytest.raises(MixtureError, match=r"cell b20-r0-p1-s0-fixed_total: class 'ABBR' needs 20 synthetic rows, only 9"):
+    with pytest.raises(MixtureError,
+                       match=r"cell b20-r0-p1-s0-fixed_total: class 'ABBR' needs 20 synthetic rows, only 9"):
         build_mixture(real, synthetic, names, Cell(20, 1.0, 0))
     mix = build_mixture(real, synthetic, names, Cell(20, 1.0, 0), MixConfig(allow_short_classes=True))
     assert mix.counts["synthetic"]["ABBR"] == 9 and len(mix.shortfalls) == 1
