@@ -26,9 +26,9 @@ TOPICS = ["sports", "history", "science", "music", "geography", "food", "film", 
 
 def tiny_overrides(workdir: Path, topics: Path) -> list[str]:
     return [
-        # Two prompt levels, and three selected subsets of the D2 pool (the large pool is D2's own: equal key).
+        # Two prompt levels, and two selected subsets of the D2 pool (the large pool is D2's own: equal key).
         f"workdir={workdir}", "grid.mechanisms=prompt,select", "grid.levels=0,2", "grid.select_level=2",
-        "grid.select_pool_rows=12", "grid.select_positions=0,0.5,1", "grid.proportions=0,1", "grid.budgets=2",
+        "grid.select_pool_rows=12", "grid.select_positions=0,1", "grid.proportions=0,1", "grid.budgets=2",
         "grid.seeds=0,1", "grid.protocols=fixed_total,added",
         # 12 rows cannot hold 2 accepted rows of each of 6 classes: every pool is extended, to at most
         # 36 rows (one or two extensions); a class still short shrinks every level to its count.
@@ -75,9 +75,9 @@ def test_results_table_has_every_cell_once(study, trec_task):
     results = pd.read_parquet(workdir / "results.parquet")
     assert list(results.columns[:len(RESULT_COLUMNS)]) == RESULT_COLUMNS
     assert list(results.columns[-2:]) == ["cell", "config_hash"]
-    # real-only once per (budget, subset, seed); 5 levels (D0, D2, S0-S2) x 2 protocols x 2 seeds at p = 1.
-    assert len(results) == 2 + 5 * 2 * 2 and results["cell"].is_unique
-    assert set(results["level"]) == {"real-only", "D0", "D2", "S0", "S1", "S2"}
+    # real-only once per (budget, subset, seed); 4 levels (D0, D2, S0, S1) x 2 protocols x 2 seeds at p = 1.
+    assert len(results) == 2 + 4 * 2 * 2 and results["cell"].is_unique
+    assert set(results["level"]) == {"real-only", "D0", "D2", "S0", "S1"}
     real_only = results[results["level"] == "real-only"]
     assert len(real_only) == len(cfg.grid.budgets) * len(cfg.grid.subsets) * len(cfg.grid.seeds) == 2
     assert (real_only["proportion"] == 0.0).all() and (real_only["mechanism"] == "real").all()
@@ -118,8 +118,8 @@ def test_results_table_has_every_cell_once(study, trec_task):
 def test_pools_are_extended_to_equal_n_and_scored(study):
     cfg, workdir, report = study
     pools = pd.read_parquet(workdir / "pools.parquet")
-    assert list(pools["level"]) == ["D0", "D2", "S0", "S1", "S2"]
-    assert list(pools["mechanism"]) == ["prompt"] * 2 + ["select"] * 3
+    assert list(pools["level"]) == ["D0", "D2", "S0", "S1"]
+    assert list(pools["mechanism"]) == ["prompt"] * 2 + ["select"] * 2
     assert (pools["budget"] == 2).all() and (pools["subset"] == 0).all() and (pools["gen_seed"] == 0).all()
     # Every pool was first planned at 12 rows and extended (one directory each, its first rows kept).
     assert (pools["rows"] > 12).all() and (pools["rows"] <= 36).all()
@@ -145,25 +145,27 @@ def test_pools_are_extended_to_equal_n_and_scored(study):
 
 def test_short_pools_error_names_the_cell_level_and_class_or_shrink(study, trec_task):
     cfg, workdir, _ = study
-    replicate = Replicate(budget=2, subset=0, gen_seed=0)
+    # The study's two real pools, asked for a budget of 40 (20 synthetic rows per class at the
+    # demo's largest proportion, 0.5), which no pool of at most 36 rows holds.
+    replicate = Replicate(budget=40, subset=0, gen_seed=0)
     slots = [PoolSlot(level, replicate, Pool.open(path), path.name.rsplit("-", 1)[1])
              for level, path in zip((0, 2), sorted((workdir / "pools").iterdir()))]
     have = {slot.level: accepted_per_class(slot.pool, trec_task.label_names) for slot in slots}
     smallest = [min(counts[label] for counts in have.values()) for label in range(6)]
-    label = max(range(6), key=lambda k: -smallest[k])  # the class some pool is shortest of
+    label = 0  # ABBR: the first class, and short in every pool
     level = min(have, key=lambda lv: have[lv][label])
-    ask = load_config(DEMO, ["grid.budgets=40", "grid.max_pool_rows=600"])
+    ask = load_config(DEMO, ["grid.max_pool_rows=600"])
     with pytest.raises(StudyError) as error:
         equal_n(ask, trec_task, slots)
-    assert str(error.value).startswith(
-        f"cells of budget 40, real subset 0, generation seed 0: level D{level}, class "
-        f"{trec_task.label_names[label]!r} has {smallest[label]} accepted synthetic rows, needs 40 (pool of ")
-    assert str(error.value).endswith("grid.max_pool_rows=600); raise grid.max_pool_rows or set "
-                                     "grid.short_pools=shrink")
-    per_class, fallback = equal_n(dataclasses.replace(ask, grid=dataclasses.replace(ask.grid, short_pools="shrink")),
-                                  trec_task, slots)
-    assert list(per_class) == [min(n, 40) for n in smallest]
-    assert fallback.startswith("shrink: ") and f"{trec_task.label_names[label]} {smallest[label]}/40" in fallback
+    rows = len(next(slot.pool for slot in slots if slot.level == level))
+    assert str(error.value) == (
+        f"cells of budget 40, real subset 0, generation seed 0: level D{level}, class 'ABBR' has {smallest[0]} "
+        f"accepted synthetic rows, needs 20 (pool of {rows} rows, grid.max_pool_rows=600); raise "
+        f"grid.max_pool_rows or set grid.short_pools=shrink")
+    shrink = dataclasses.replace(ask, grid=dataclasses.replace(ask.grid, short_pools="shrink"))
+    per_class, fallback = equal_n(shrink, trec_task, slots)
+    assert list(per_class) == smallest and max(smallest) < 20
+    assert fallback == "shrink: " + ", ".join(f"{name} {n}/20" for name, n in zip(trec_task.label_names, smallest))
 
 
 def test_pool_extension_and_real_only_planning():
