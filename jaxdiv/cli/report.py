@@ -6,11 +6,14 @@ from __future__ import annotations
 def register(sub, formatter) -> None:
     parser = sub.add_parser(
         "report", formatter_class=formatter, help="write the Markdown/HTML report of a study directory",
-        description="Reads STUDY_DIR/results.parquet (one row per cell and seed) and, if present, "
-                    "STUDY_DIR/pools.parquet, and writes STUDY_DIR/report/report.md, report.html and PNG "
-                    "plots: accuracy against diversity level, level x proportion heatmaps, accuracy "
-                    "against measured diversity and shift, the best proportion per level and budget, "
-                    "and a summary of whether study A's claim is reproduced.")
+        description="Reads STUDY_DIR/results.parquet (one row per trained cell), pools.parquet, "
+                    "accepted_rows.parquet and the `report` section of config.json, and writes "
+                    "STUDY_DIR/report/report.md, report.html and PNG plots: levels ranked by measured "
+                    "diversity among the minimal-shift pools, study A's verdict per arm with paired "
+                    "bootstrap CIs (\"not testable\" below 3 pairs) and the budget interaction, accuracy "
+                    "against level, diversity, label fidelity and shift within each budget x proportion, "
+                    "ID/OOD accuracy (study B) when the study has test domains, gate counts, fallbacks, "
+                    "and a seeded sample of accepted rows per level.")
     parser.add_argument("study_dir", help="a study directory written by `jaxdiv run`")
     parser.add_argument("--metric", default="accuracy", help="the downstream metric column to report")
     parser.set_defaults(func=_report)

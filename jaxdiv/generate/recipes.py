@@ -71,6 +71,7 @@ BRIEFS = {
         "negative": "expresses a negative opinion of the film",
         "positive": "expresses a positive opinion of the film"}, max_words=60),
 }
+BRIEFS["sentiment_movie"] = BRIEFS["movie_sentiment"]  # the same VADER domain, in the sentiment family
 GENERIC_BRIEF = TaskBrief("text", {})
 
 TOPIC_AREAS = (

@@ -49,6 +49,12 @@ class ShiftConfig:
                                                 "median-heuristic RBF bandwidth")
     min_rows_per_label: int = param(2, ge=2, help="per-label shift is reported where both sets have "
                                                   "at least this many rows of the label")
+    frechet_pca_dims: int = param(16, ge=1, help="per-label Frechet where either set has no more rows of the "
+                                                 "label than embedding dims (a covariance it cannot fit): "
+                                                 "computed on the top min(rows - 1, this) principal "
+                                                 "components of the real rows of the label, reported as "
+                                                 "frechet_pca/<label> with frechet_pca_dims/<label>; "
+                                                 "frechet_distance/<label> where rows exceed the dims")
     seed: int = param(0, help="seed of the bandwidth sample")
 
 

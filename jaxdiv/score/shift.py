@@ -10,6 +10,10 @@
   unbiased covariances; means and covariances are accumulated in JAX at HIGHEST precision, the
   square roots are taken in float64 numpy (S_y^1/2 once per real set; see `_frechet`).
 Both are reported overall and per label (labels with at least `min_rows_per_label` rows in both sets).
+A label's Frechet distance is fitted in the full embedding space only where both sets have more rows
+of it than dimensions; otherwise a covariance of rank < d would be compared, so it is computed on the
+top min(rows - 1, frechet_pca_dims) principal components of the real rows of the label and named
+`frechet_pca/<label>` (with `frechet_pca_dims/<label>`, the dimensions used).
 """
 
 from __future__ import annotations
@@ -78,9 +82,15 @@ def _moments(x: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.matmul(centred.T, centred, precision=HIGHEST) / (n - 1)
 
 
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+def _eigh_descending(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (clipped at 0) and eigenvectors of a symmetric PSD matrix, largest first."""
     w, v = np.linalg.eigh((matrix + matrix.T) / 2.0)
-    return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
+    return np.maximum(w[::-1], 0.0), v[:, ::-1]
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    w, v = _eigh_descending(matrix)
+    return (v * np.sqrt(w)) @ v.T
 
 
 def _gaussian(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +135,8 @@ class RealSide:
     mean: np.ndarray
     cov: np.ndarray
     cov_root: np.ndarray
+    variances: np.ndarray  # principal variances of the real rows, largest first
+    components: np.ndarray  # (d, d): their directions, as columns
 
     @classmethod
     def of(cls, y: np.ndarray, sigma: float, block: int) -> "RealSide":
@@ -133,7 +145,9 @@ class RealSide:
         rows = _padded(y, block)
         kernel_sum = _kernel_sum(rows, rows, len(y), len(y), _gamma(sigma), block) - len(y)  # k(y_i, y_i) = 1
         mean, cov = _gaussian(y)
-        return cls(rows, len(y), kernel_sum, mean, cov, _psd_sqrt(cov))
+        variances, components = _eigh_descending(cov)
+        cov_root = (components * np.sqrt(variances)) @ components.T
+        return cls(rows, len(y), kernel_sum, mean, cov, cov_root, variances, components)
 
     def mmd2(self, x: np.ndarray, sigma: float, block: int) -> float:
         m, n = len(x), self.n
@@ -146,6 +160,22 @@ class RealSide:
 
     def frechet(self, x: np.ndarray) -> float:
         return _frechet(x, self.mean, self.cov, self.cov_root)
+
+    def frechet_projected(self, x: np.ndarray, dims: int) -> float:
+        """Frechet distance on the real rows' top `dims` principal components: there the real fit
+        is N(0, diag(variances)) exactly, and x is centred on the real mean and projected."""
+        z = (np.asarray(x, np.float64) - self.mean) @ self.components[:, :dims]
+        variances = self.variances[:dims]
+        return _frechet(z, np.zeros(dims), np.diag(variances), np.diag(np.sqrt(variances)))
+
+    def label_frechet(self, x: np.ndarray, max_pca_dims: int) -> dict[str, float]:
+        """{"frechet_distance": value} where both sets have more rows than dims, else
+        {"frechet_pca": value, "frechet_pca_dims": dims} with dims = min(rows - 1, max_pca_dims)."""
+        rows, d = min(len(x), self.n), x.shape[1]
+        if rows > d:
+            return {"frechet_distance": self.frechet(x)}
+        dims = min(rows - 1, max_pca_dims)
+        return {"frechet_pca": self.frechet_projected(x, dims), "frechet_pca_dims": float(dims)}
 
 
 def _gamma(sigma: float) -> float:
@@ -191,7 +221,8 @@ class ShiftReference:
                 rows = x[x_labels == index]
                 if len(rows) >= max(self.cfg.min_rows_per_label, 2):
                     out[f"mmd2/{name}"] = real.mmd2(rows, self.sigma, self.block)
-                    out[f"frechet_distance/{name}"] = real.frechet(rows)
+                    out.update({f"{metric}/{name}": value for metric, value in
+                                real.label_frechet(rows, self.cfg.frechet_pca_dims).items()})
         return out
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from jaxdiv.configlib import ConfigError, param, section
-from jaxdiv.data.tasks import TaskConfig
+from jaxdiv.data.tasks import TASKS, TaskConfig
 from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.mix.config import PROTOCOLS, MixConfig
+from jaxdiv.report.config import ReportConfig
 from jaxdiv.score.config import ScoreConfig
 from jaxdiv.train.config import SFTJobConfig, TrainJobConfig
 
@@ -113,6 +114,11 @@ class StudyConfig:
     mix: MixConfig = section(MixConfig)
     train: TrainJobConfig = section(TrainJobConfig)
     grid: GridConfig = section(GridConfig)
+    report: ReportConfig = section(ReportConfig)
+    test_domains: tuple[str, ...] = param((), help="registered tasks whose test splits every cell is also "
+                                                   "evaluated on (accuracy_<task> columns; accuracy_id: "
+                                                   "the training task's, accuracy_ood: the mean of the "
+                                                   "others); their label names must equal the task's")
     train_group_size: int = param(8, ge=1, help="cells trained together in one vmapped program "
                                                 "(memory grows with it: each holds its own params)")
     mixture_bootstrap: int = param(0, ge=0, help="half-samples for the CIs of each mixture's metrics "
@@ -120,6 +126,8 @@ class StudyConfig:
     workdir: str = param("runs/study", help="the study directory: pools, cells, results, report")
 
     def check(self) -> None:
+        if unknown := [d for d in self.test_domains if d not in TASKS]:
+            raise ConfigError(f"test_domains: {unknown} are not registered tasks ({sorted(TASKS)})")
         for name, keys in STUDY_OWNED.items():
             stage, default = getattr(self, name), type(getattr(self, name))()
             for key in keys:

