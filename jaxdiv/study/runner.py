@@ -34,6 +34,7 @@ import json
 import math
 import re
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,8 @@ def ensure_pools(cfg: StudyConfig, task: Task, workdir: Path, progress: bool) ->
 def next_pool_rows(rows: int, have: tuple[int, ...], need: tuple[int, ...], cap: int) -> int:
     """The size to extend a pool of `rows` rows to: enough, at each class's acceptance rate so far
     (plus a tenth), for its shortest class, at most `cap`; 0 when no class is short or at the cap."""
-    ratio = max((w / max(h, 1) for h, w in zip(have, need) if h < w), default=0.0)
-    return 0 if not ratio or rows >= cap else min(cap, max(rows + 1, math.ceil(rows * ratio * 1.1)))
+    ratio = max((Fraction(w, max(h, 1)) for h, w in zip(have, need) if h < w), default=0)  # exact
+    return 0 if not ratio or rows >= cap else min(cap, max(rows + 1, math.ceil(rows * ratio * Fraction(11, 10))))
 
 
 def make_generator_backend(generate: GenerateConfig):
