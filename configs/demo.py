@@ -3,9 +3,13 @@
     jaxdiv run configs/demo.py
     jaxdiv run configs/demo.py --set grid.seeds=0,1,2 --set workdir=runs/demo3
 
-Sized for a 2-core CPU (first run under 15 minutes, a cached re-run under 1 minute; measured
-9.2 min and 5 s by scripts/bench_all.py, see docs/benchmarks.md): small pools, two small label
-budgets, partial fine-tuning (the top two encoder layers and the head), bf16 matmuls.
+A demonstration of the pipeline, not a test of the claim: it is sized for a 2-core CPU (target:
+first run under 15 minutes, a cached re-run under 1 minute), so it has one generation seed and one
+real subset (no generation or subset variance enters any interval), two training seeds (fewer
+than the 3 paired replicates a comparison needs: the report says "not testable"), the
+fixed_total protocol only, two small label budgets, synthetic proportions up to one half, small
+pools (one per level and budget; every level's cells draw on the same number of synthetic rows
+per class: equal n), and partial fine-tuning (the top two encoder layers and the head) in bf16.
 `configs/study_full.py` is the full-size study for accelerators.
 """
 
@@ -30,7 +34,7 @@ def get_config() -> StudyConfig:
             chunk_rows=32,
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
-        mix=MixConfig(protocol="fixed_total", allow_short_classes=True),
+        mix=MixConfig(allow_short_classes=False),  # equal n: every cell holds exactly what it asks
         train=TrainJobConfig(
             # bf16 matmuls (f32 params and accumulation): XLA's fast CPU path. 32 tokens hold 99%
             # of TREC questions and every 32-token completion.
@@ -40,9 +44,12 @@ def get_config() -> StudyConfig:
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False, progress=True),
         ),
-        grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.5, 1.0), budgets=(8, 16), seeds=(0, 1),
-                        pool_rows=150),
+        # 3 levels x 2 budgets = 6 pools, each first planned at 96 rows and extended while a class
+        # has fewer accepted rows than its cells use (b/2 per class at proportion 0.5), up to 480 rows.
+        # (Proportion 1 would double the rows to generate: about 5 more minutes on 2 cores.)
+        grid=GridConfig(levels=(0, 3, 6), proportions=(0.0, 0.25, 0.5), budgets=(8, 16), subsets=(0,),
+                        generation_seeds=(0,), protocols=("fixed_total",), seeds=(0, 1), pool_rows=96,
+                        max_pool_rows=480),
         train_group_size=32,  # every cell in one vmapped program: one compile, one feature table
         workdir="runs/demo",
-        seed=0,
     )

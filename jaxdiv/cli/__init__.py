@@ -20,6 +20,7 @@ COMMANDS = (
     "jaxdiv.cli.tasks",
     "jaxdiv.cli.generate",
     "jaxdiv.cli.score",
+    "jaxdiv.cli.select",
     "jaxdiv.cli.train",
     "jaxdiv.cli.report",
     "jaxdiv.cli.run",

@@ -13,9 +13,12 @@ from jaxdiv.cli.common import add_override_argument
 DESCRIPTION = (
     "Runs the experiment the config file's get_config() returns.",
     "StudyConfig (configs/demo.py, configs/study_full.py): generates one synthetic pool per diversity "
-    "level, scores every pool and every training set, mixes synthetic with real labelled rows at each "
-    "proportion and label budget, fine-tunes a classifier per cell (vmapped in groups), and writes "
-    "results.parquet/.csv, pools.parquet/.csv and report/ in the study directory.",
+    "level, label budget, real subset and generation seed (extended until the levels compared hold "
+    "equal rows per class), or selects subsets of one large pool at set diversities (grid.mechanisms="
+    "select), scores every pool and every training set, mixes synthetic with real labelled rows at "
+    "each proportion, budget and protocol, fine-tunes a classifier per cell (vmapped in groups), and "
+    "writes results.parquet/.csv, pools.parquet/.csv, accepted_rows.parquet and report/ in the study "
+    "directory.",
     "SelfConsumeConfig (configs/self_consume_cpu.py, configs/self_consume_gpu.py): per chain (replace: "
     "the generator trains on its own output only; mix_real: plus real rows) and round t, generates a "
     "pool with G_t, scores it, trains classifiers on it, and fine-tunes G_t on it into G_(t+1); writes "

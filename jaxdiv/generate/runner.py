@@ -17,13 +17,17 @@ from jaxdiv.io import atomic_write_text
 
 
 def pool_meta(cfg: GenerateConfig, task, backend, gates: Gates | None = None) -> dict:
-    """What a pool is; a resumed run must match it exactly (the pool's identity)."""
-    identity = {k: v for k, v in configlib.to_dict(cfg).items() if k not in ("workdir", "chunk_rows", "mesh")}
+    """What a pool is; a resumed run must match it exactly (the pool's identity). Row r's plan does
+    not depend on n except in the paraphrase recipe, so elsewhere n stays out of the identity and
+    a larger n extends a pool, keeping its rows."""
+    size_free = cfg.recipe.name != "paraphrase"
+    identity = {k: v for k, v in configlib.to_dict(cfg).items()
+                if k not in ("workdir", "chunk_rows", "mesh") + ("n",) * size_free}
     identity["jax"] = {"model": cfg.jax.model, "dtype": cfg.jax.dtype} if cfg.backend == "jax" else None
     identity["openai"] = ({"base_url": cfg.openai.base_url, "model": cfg.openai.model}
                           if cfg.backend == "openai" else None)
     return {"task": task.name, "label_names": list(task.label_names), "recipe": cfg.recipe.name,
-            "level": cfg.recipe.level, "n": cfg.n, "generator": backend.generator_id,
+            "level": cfg.recipe.level, **({} if size_free else {"n": cfg.n}), "generator": backend.generator_id,
             "weights_hash": backend.weights_hash, "label_leak": label_leak(cfg.recipe, cfg.real_budget),
             "identity_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
             **({"gates": gates.meta()} if gates is not None else {})}

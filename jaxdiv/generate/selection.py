@@ -115,19 +115,37 @@ def _mixed(high: np.ndarray, low: np.ndarray, m: int, size: int) -> np.ndarray:
     return np.asarray(head + tail, np.int64)
 
 
+def _family(x: np.ndarray, size: int, metric: str, anchors: int, seed: int, cfg: DiversityConfig):
+    """The subset family of `select_to_target`: m -> (indices, metric value), m = 0 .. size."""
+    high = farthest_point_indices(x, size, first=seed % x.shape[0])
+    low = cluster_indices(x, size, anchors=anchors, seed=seed)
+
+    def member(m: int) -> tuple[np.ndarray, float]:
+        indices = _mixed(high, low, m, size)
+        values = vendi_scores(x[indices], cfg)
+        if metric not in values:
+            raise SelectionError(f"metric {metric!r} is not a spectrum metric ({sorted(values)})")
+        return indices, values[metric]
+
+    return member
+
+
+def reachable_range(x, size: int, metric: str = "vendi_q1", *, anchors: int = 1, seed: int = 0,
+                    cfg: DiversityConfig = DiversityConfig()) -> tuple[float, float]:
+    """The `metric` of the family's lowest (all cluster rows) and highest (all farthest-point rows)
+    `size`-row subsets: the targets `select_to_target` can hit."""
+    member = _family(np.asarray(x, np.float32), size, metric, anchors, seed, cfg)
+    return member(0)[1], member(size)[1]
+
+
 def select_to_target(x, size: int, target: float, metric: str = "vendi_q1", *, anchors: int = 1,
                      seed: int = 0, cfg: DiversityConfig = DiversityConfig()) -> Selection:
     """A `size`-row subset whose `metric` (a spectrum metric of the scoring kernel) is as close
     to `target` as the farthest-point / cluster mixtures allow."""
-    x = np.asarray(x, np.float32)
-    high = farthest_point_indices(x, size, first=seed % x.shape[0])
-    low = cluster_indices(x, size, anchors=anchors, seed=seed)
+    member = _family(np.asarray(x, np.float32), size, metric, anchors, seed, cfg)
 
     def score(m: int) -> float:
-        values = vendi_scores(x[_mixed(high, low, m, size)], cfg)
-        if metric not in values:
-            raise SelectionError(f"metric {metric!r} is not a spectrum metric ({sorted(values)})")
-        return values[metric]
+        return member(m)[1]
 
     lo, hi = 0, size
     lo_value, hi_value = score(lo), score(hi)
@@ -143,7 +161,7 @@ def select_to_target(x, size: int, target: float, metric: str = "vendi_q1", *, a
         else:
             hi, hi_value = mid, value
     m, achieved = (lo, lo_value) if target - lo_value <= hi_value - target else (hi, hi_value)
-    return Selection(_mixed(high, low, m, size), target, achieved, m / size)
+    return Selection(member(m)[0], target, achieved, m / size)
 
 
 def select_ladder(x, size: int, targets: Sequence[float], metric: str = "vendi_q1", **kw) -> list[Selection]:

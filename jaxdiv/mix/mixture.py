@@ -1,9 +1,17 @@
 """Class-balanced, seeded mixtures of real and synthetic rows (levanter-style determinism).
 
-Row selection within a class orders rows by sha256(seed, source, row id), so a mixture
-depends only on the seed and the row ids, never on file order, and smaller budgets are
-subsets of larger ones at the same seed (budgets nest; so do proportions' synthetic parts).
-Every mixture records exactly which real and synthetic row ids it holds.
+Protocols, per class, for a label budget b and a synthetic proportion p (`Cell.protocol`):
+  fixed_total: the set holds b rows, round(p * b) synthetic replacing real ones
+               (p = 0: b real rows; p = 1: b synthetic rows).
+  added:       all b real rows are kept and round(p * b) synthetic rows are added
+               (p is the synthetic amount relative to the real budget; p = 1 doubles it).
+
+Real rows are the cell's real subset: the first rows of each class in the order of
+`budget_rows(..., seed=cell.subset)`, the same rows a generator serving the cell may see.
+Synthetic rows are ordered by sha256(training seed, source, row id). A mixture thus depends
+only on the seeds and the row ids, never on file order, and smaller budgets are subsets of
+larger ones at the same seeds (budgets nest; so do proportions' synthetic parts). Every
+mixture records exactly which real and synthetic row ids it holds.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import pyarrow.parquet as pq
 
 from jaxdiv.data.tasks import TaskError, budget_rows
 from jaxdiv.io import atomic_path, atomic_write_text
-from jaxdiv.mix.config import MixConfig
+from jaxdiv.mix.config import PROTOCOLS, MixConfig, Protocol
 from jaxdiv.errors import JaxdivError
 
 SOURCES = ("real", "synthetic")
@@ -33,11 +41,16 @@ class Cell:
 
     budget: int | None  # real labels per class; None = all
     proportion: float
-    seed: int
+    seed: int  # training seed: orders the synthetic rows (and the model's init and data order)
+    subset: int = 0  # real-subset seed: which real rows make up the budget
+    protocol: Protocol = "fixed_total"
+    # At most this many synthetic rows per class (label id order): a study's short-pool fallback
+    # (grid.short_pools=shrink). Under fixed_total, real rows fill the rest of the budget.
+    synthetic_cap: tuple[int, ...] | None = None
 
     def name(self) -> str:
         budget = "all" if self.budget is None else self.budget
-        return f"b{budget}-p{self.proportion:g}-s{self.seed}"
+        return f"b{budget}-r{self.subset}-p{self.proportion:g}-s{self.seed}-{self.protocol}"
 
 
 @dataclasses.dataclass
@@ -80,9 +93,14 @@ def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_nam
         raise MixtureError(f"cell {cell.name()}: proportion {cell.proportion} is outside [0, 1]")
     if cell.budget is not None and cell.budget < 1:
         raise MixtureError(f"cell {cell.name()}: budget must be >= 1 or None (all)")
+    if cell.protocol not in PROTOCOLS:
+        raise MixtureError(f"cell {cell.name()}: protocol {cell.protocol!r} is not one of {PROTOCOLS}")
+    if cell.synthetic_cap is not None and len(cell.synthetic_cap) != len(label_names):
+        raise MixtureError(f"cell {cell.name()}: synthetic_cap needs one value per class "
+                           f"({len(label_names)}), got {len(cell.synthetic_cap)}")
     try:  # every class's rows in seeded order: a class's first k rows are its k-row budget
-        groups = {source: budget_rows(table, len(label_names), None, cell.seed, source)
-                  for source, table in (("real", real), ("synthetic", synthetic))}
+        groups = {source: budget_rows(table, len(label_names), None, seed, source)
+                  for source, table, seed in (("real", real, cell.subset), ("synthetic", synthetic, cell.seed))}
     except TaskError as error:
         raise MixtureError(f"cell {cell.name()}: {error}") from None
     chosen: dict[str, list[int]] = {"real": [], "synthetic": []}
@@ -92,7 +110,9 @@ def build_mixture(real: datasets.Dataset, synthetic: datasets.Dataset, label_nam
         available_real = len(groups["real"].get(label, []))
         budget = available_real if cell.budget is None else cell.budget
         n_synthetic = round(cell.proportion * budget)
-        n_real = budget - n_synthetic if cfg.protocol == "fixed_total" else budget
+        if cell.synthetic_cap is not None:
+            n_synthetic = min(n_synthetic, cell.synthetic_cap[label])
+        n_real = budget - n_synthetic if cell.protocol == "fixed_total" else budget
         for source, want in (("real", n_real), ("synthetic", n_synthetic)):
             pool = groups[source].get(label, [])
             if len(pool) < want:

@@ -7,38 +7,97 @@ import dataclasses
 from jaxdiv.configlib import ConfigError, param, section
 from jaxdiv.data.tasks import TASKS, TaskConfig
 from jaxdiv.generate.config import GenerateConfig
-from jaxdiv.mix.config import MixConfig
+from jaxdiv.mix.config import PROTOCOLS, MixConfig
 from jaxdiv.report.config import ReportConfig
 from jaxdiv.score.config import ScoreConfig
 from jaxdiv.train.config import SFTJobConfig, TrainJobConfig
 
 
+MECHANISMS = ("prompt", "select")
+SHORT_POOLS = ("error", "shrink")
+
+
 @dataclasses.dataclass(frozen=True)
 class GridConfig:
-    """The cells: diversity levels x synthetic proportions x label budgets x seeds."""
+    """The cells: diversity levels x synthetic proportions x label budgets x real subsets x
+    generation seeds x protocols x training seeds.
 
-    levels: tuple[int, ...] = param((0, 3, 6), help="diversity levels D0..D6 to generate a pool at")
-    proportions: tuple[float, ...] = param((0.0, 0.25, 0.5, 1.0), help="synthetic proportions (see mix.protocol)")
-    budgets: tuple[int, ...] = param((10, 50), help="real labelled rows per class (0: all of them)")
-    seeds: tuple[int, ...] = param((0, 1, 2), help="training seeds (mixture draw, init, data order)")
-    pool_rows: int = param(600, ge=1, help="rows generated per level (accepted + rejected)")
+    Levels that are compared share (budget, real subset, generation seed) and hold the same
+    number of synthetic rows per class: round(max(proportions) x budget) (x the class's real
+    rows for budget 0). A pool short of that many accepted rows in some class is generated
+    further, up to max_pool_rows; past it, short_pools decides."""
+
+    mechanisms: tuple[str, ...] = param(("prompt",), help="how levels differ in diversity. prompt: one "
+                                        "pool per level D0..D6 of the generate recipe (levels); select: "
+                                        "subsets S0, S1, ... of one large pool at select_level, selected to "
+                                        "set diversities (select_positions) at equal n and named by their "
+                                        "measured vendi_q1 (S0 lowest). Both: two diversity axes in one study")
+    levels: tuple[int, ...] = param((0, 3, 6), help="prompt mechanism: diversity levels D0..D6 to generate "
+                                    "a pool at")
+    select_level: int = param(6, ge=0, le=6, help="select mechanism: the recipe level of the large pool "
+                              "the subsets are selected from")
+    select_pool_rows: int = param(1200, ge=1, help="select mechanism: rows planned for the large pool "
+                                  "(accepted + rejected; extended like any pool while a class is short)")
+    select_positions: tuple[float, ...] = param((0.0, 0.5, 1.0), help="select mechanism: one subset per "
+                                                "value, each class's rows selected to the diversity at "
+                                                "that position of what its subsets can reach (0: its "
+                                                "tightest cluster, 1: its farthest-point spread)")
+    proportions: tuple[float, ...] = param((0.0, 0.25, 0.5, 1.0), help="synthetic proportions (see "
+                                           "protocols); 0: the real-only baseline, trained once per "
+                                           "(budget, subset, seed) and reported once, as level real-only")
+    budgets: tuple[int, ...] = param((10, 50), help="real labelled rows per class (0: all of them); "
+                                     "a pool's few-shot demonstrations come from its cell's budget rows")
+    subsets: tuple[int, ...] = param((0,), help="real-subset seeds: which real rows make up each budget "
+                                     "(jaxdiv.data.tasks.budget_rows), for the cells and their pools' "
+                                     "demonstrations alike")
+    generation_seeds: tuple[int, ...] = param((0,), help="generation seeds: independent pools (replicates) "
+                                              "per level, budget and subset")
+    protocols: tuple[str, ...] = param(("fixed_total",), help="fixed_total: round(p x b) synthetic rows "
+                                       "replace real ones in a set of b per class; added: all b real rows "
+                                       "plus round(p x b) synthetic ones")
+    seeds: tuple[int, ...] = param((0, 1, 2), help="training seeds (synthetic row order, init, data order)")
+    pool_rows: int = param(600, ge=1, help="prompt mechanism: rows first planned per pool (accepted + "
+                           "rejected); extended while a class is short of accepted rows")
+    max_pool_rows: int = param(2400, ge=1, help="cap on a pool's rows when it is extended for short "
+                               "classes (the paraphrase recipe's row plans depend on n: its pools are "
+                               "never extended)")
+    short_pools: str = param("error", help="a pool still short of a class's rows at max_pool_rows: error "
+                             "(names budget, subset, generation seed, level and class) or shrink (every "
+                             "level of that comparison takes the smallest per-class count; recorded in "
+                             "the results' fallback column and the pools table)")
 
     def check(self) -> None:
-        for name in ("levels", "proportions", "budgets", "seeds"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name}: needs at least one value")
+        for name in ("mechanisms", "proportions", "budgets", "seeds", "subsets", "generation_seeds",
+                     "protocols"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ConfigError(f"{name}: needs at least one value, without repeats (got {values})")
+        if unknown := [m for m in self.mechanisms if m not in MECHANISMS]:
+            raise ConfigError(f"mechanisms: unknown {unknown} (known: {MECHANISMS})")
+        if unknown := [p for p in self.protocols if p not in PROTOCOLS]:
+            raise ConfigError(f"protocols: unknown {unknown} (known: {PROTOCOLS})")
+        if self.short_pools not in SHORT_POOLS:
+            raise ConfigError(f"short_pools: {self.short_pools!r} is not one of {SHORT_POOLS}")
+        if "prompt" in self.mechanisms and not self.levels:
+            raise ConfigError("levels: the prompt mechanism needs at least one level")
         if any(not 0 <= level <= 6 for level in self.levels):
             raise ConfigError(f"levels: {self.levels} must lie in 0..6")
+        if "select" in self.mechanisms and (len(self.select_positions) < 2 or any(
+                not 0.0 <= p <= 1.0 for p in self.select_positions)):
+            raise ConfigError(f"select_positions: {self.select_positions} needs two or more values in [0, 1]")
         if any(not 0.0 <= p <= 1.0 for p in self.proportions):
             raise ConfigError(f"proportions: {self.proportions} must lie in [0, 1]")
         if any(b < 0 for b in self.budgets):
             raise ConfigError(f"budgets: {self.budgets} must be >= 0 (0: all)")
+        planned = max([self.pool_rows] + [self.select_pool_rows] * ("select" in self.mechanisms))
+        if self.max_pool_rows < planned:
+            raise ConfigError(f"max_pool_rows: {self.max_pool_rows} is below the rows first planned ({planned})")
 
 
-# Keys of the stage sections that the study sets itself, from `task`, `grid`, `workdir`
-# and `seed`. Setting them by hand would be silently overwritten, so it is an error.
+# Keys of the stage sections that the study sets itself, from `task`, `grid` and `workdir`.
+# Setting them by hand would be silently overwritten, so it is an error.
 STUDY_OWNED = {
-    "generate": ("task", "workdir", "n", "seed"),
+    "generate": ("task", "workdir", "n", "seed", "real_budget", "real_subset"),
     "score": ("task", "real", "workdir"),
     "train": ("task", "workdir", "seed"),
 }
@@ -65,7 +124,6 @@ class StudyConfig:
     mixture_bootstrap: int = param(0, ge=0, help="half-samples for the CIs of each mixture's metrics "
                                                  "(pools always get score.bootstrap.samples)")
     workdir: str = param("runs/study", help="the study directory: pools, cells, results, report")
-    seed: int = param(0, help="generation seed (training seeds are grid.seeds)")
 
     def check(self) -> None:
         if unknown := [d for d in self.test_domains if d not in TASKS]:
@@ -74,8 +132,8 @@ class StudyConfig:
             stage, default = getattr(self, name), type(getattr(self, name))()
             for key in keys:
                 if getattr(stage, key) != getattr(default, key):
-                    raise ConfigError(f"{name}.{key}: set by the study (from task, grid.pool_rows, "
-                                      f"workdir or seed); leave it at its default")
+                    raise ConfigError(f"{name}.{key}: set by the study (from task, grid or workdir); "
+                                      f"leave it at its default")
 
 
 # ---------------------------------------------------------------------------

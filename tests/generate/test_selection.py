@@ -4,7 +4,7 @@ subsets that hit a target (ladder) of the scoring kernel's Vendi score."""
 import numpy as np
 import pytest
 
-from jaxdiv.generate.selection import (SelectionError, cluster_indices, farthest_point_indices,
+from jaxdiv.generate.selection import (SelectionError, cluster_indices, farthest_point_indices, reachable_range,
                                        select_ladder, select_to_target)
 from jaxdiv.score.diversity import vendi_scores
 
@@ -50,6 +50,7 @@ def test_selection_spans_low_to_high_and_hits_a_ladder(pool):
     rand = vendi_scores(pool[np.random.default_rng(1).choice(400, size, replace=False)])["vendi_q1"]
     high = vendi_scores(pool[farthest_point_indices(pool, size)])["vendi_q1"]
     assert low < rand < high
+    assert reachable_range(pool, size) == pytest.approx((low, high), rel=1e-5)
     targets = np.linspace(low, high, 5)[1:-1]
     ladder = select_ladder(pool, size, targets)
     for target, selection in zip(targets, ladder):
