@@ -271,8 +271,8 @@ class TopicList:
             self.prompts_used += len(requests)
             before = len(self.topics)
             for completion in self.backend.complete(requests):
-                if completion.error:  # the error names the topic request (Request.name)
-                    raise GenerationError(f"topics for task {self.task!r}: {completion.error}")
+                if completion.error:  # it names the topic request, its task and area (Request.name)
+                    raise GenerationError(completion.error)
                 topics, dropped = clean_topic_lines(completion.text, seen)
                 self.topics += topics
                 self.dropped += dropped

@@ -181,5 +181,5 @@ def test_topic_generation_errors_name_the_topic_prompt(server, tmp_path, capfd, 
     finally:
         FaultServer.fail_all = False
     err = capfd.readouterr().err
-    line = assert_one_line_error(code, err, "topics for task 'trec': topic request 0 (trec", "HTTP 500")
+    line = assert_one_line_error(code, err, "topic request 0 (trec, area", "HTTP 500")
     assert "1073741824" not in err and "row " not in line
