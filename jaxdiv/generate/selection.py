@@ -149,10 +149,12 @@ def select_to_target(x, size: int, target: float, metric: str = "vendi_q1", *, a
 
     lo, hi = 0, size
     lo_value, hi_value = score(lo), score(hi)
-    if not lo_value <= target <= hi_value:
-        best = lo if abs(lo_value - target) < abs(hi_value - target) else hi
+    closest_end = lo if abs(lo_value - target) <= abs(hi_value - target) else hi
+    if not min(lo_value, hi_value) <= target <= max(lo_value, hi_value):
         raise SelectionError(f"target {metric}={target:.4g} lies outside what {size}-row subsets of "
-                             f"this pool reach here: [{lo_value:.4g}, {hi_value:.4g}] (closest: m={best})")
+                             f"this pool reach here: [{lo_value:.4g}, {hi_value:.4g}] (closest: m={closest_end})")
+    if hi_value < lo_value:  # a flat family (tiny subsets of near-orthogonal rows): nothing to search
+        return Selection(member(closest_end)[0], target, score(closest_end), closest_end / size)
     while hi - lo > 1:  # diversity rises with m (nearly monotone); keep target between the ends
         mid = (lo + hi) // 2
         value = score(mid)
