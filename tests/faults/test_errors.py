@@ -95,9 +95,12 @@ def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, compilation_cache, n
                 args += ["--set", item]
             started = lambda: (tmp_path / "metrics.jsonl").exists()
         FaultServer.log.clear()
+        # As in a terminal: a job started in the background of a non-interactive shell (CI runners,
+        # `nohup ... &`) inherits SIGINT ignored, and Ctrl-C is then not what the user sends.
         process = subprocess.Popen([sys.executable, "-m", "jaxdiv", *args, "--workdir", str(tmp_path)],
                                    cwd=ROOT, env=subprocess_env(compilation_cache),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 120
         while not started() and time.time() < deadline and process.poll() is None:
             time.sleep(0.05)
