@@ -153,11 +153,12 @@ def train_step_runner(spec, batch: dict[str, np.ndarray], loss_fn=None):
     from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
 
     optim = OptimConfig(batch_size=len(batch["input_ids"]))
-    mesh = make_mesh(MeshConfig(data=-1))
+    mesh_cfg = MeshConfig(data=-1)
+    mesh, rules = make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules
     tx = make_optimizer(optim, decayed_keys(spec))
-    state, shardings = create_state(spec, tx, mesh, 0, optim.learning_rate, 1000)
-    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-    step = jit_train_step(spec, tx, optim, mesh, shardings, batch_shardings, loss_fn)
+    state, shardings = create_state(spec, tx, mesh, rules, 0, optim.learning_rate, 1000)
+    batch_shardings = {k: batch_sharding(mesh, v.ndim, rules) for k, v in batch.items()}
+    step = jit_train_step(spec, tx, optim, mesh, rules, shardings, batch_shardings, loss_fn)
     device_batch = data_lib.global_batch(batch, batch_shardings)
     holder = {"state": state}
 

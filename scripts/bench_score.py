@@ -81,9 +81,10 @@ def bench_vendi(sizes, repeats, rate):
     import jax.numpy as jnp
     from vendi_score import vendi
 
-    from jaxdiv.score.diversity import default_mesh, vendi_scores
+    from jaxdiv.score.diversity import vendi_scores
+    from jaxdiv.sharding import make_mesh
 
-    mesh = default_mesh()
+    mesh = make_mesh()
     gram = jax.jit(lambda m: jnp.matmul(m.T, m, precision=jax.lax.Precision.HIGHEST))
     rows, results = [], []
     for n in sizes:
@@ -109,8 +110,9 @@ def bench_pairs(n, repeats, rate, block):
     import jax
 
     from jaxdiv.score import diversity
+    from jaxdiv.sharding import make_mesh
 
-    mesh = diversity.default_mesh(jax.devices()[:1])
+    mesh = make_mesh(devices=jax.devices()[:1])
     x = jax.numpy.asarray(unit_rows(n))
     n_pad = -(-n // block) * block
     x = jax.numpy.pad(x, ((0, n_pad - n), (0, 0)))

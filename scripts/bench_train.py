@@ -55,10 +55,11 @@ def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32
                                              f"model.compute_dtype={dtype}"])
     prepared = prepare(cfg, task.splits["train"], {}, task.label_names)
     spec = prepared.spec
-    mesh = make_mesh(MeshConfig(data=-1))
+    mesh_cfg = MeshConfig(data=-1)
+    mesh, rules = make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules
     tx = make_optimizer(cfg.optim, decayed_keys(spec))
-    state, shardings = create_state(spec, tx, mesh, 0, cfg.optim.learning_rate, 1000)
-    batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2)
+    state, shardings = create_state(spec, tx, mesh, rules, 0, cfg.optim.learning_rate, 1000)
+    batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2, rules)
                        for k in ("input_ids", "attention_mask", "labels")}
     step = jax.jit(make_train_step(spec, tx, cfg.optim), in_shardings=(shardings, batch_shardings),
                    out_shardings=(shardings, None), donate_argnums=0)

@@ -134,18 +134,21 @@ def _abstract(shape: tuple[int, ...], dtype, sharding) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _batch_inputs(mesh, shapes: dict[str, tuple[tuple[int, ...], Any]]):
+def _batch_inputs(mesh, rules, shapes: dict[str, tuple[tuple[int, ...], Any]]):
     from jaxdiv.sharding import batch_sharding
 
-    inputs = {k: _abstract(shape, dtype, batch_sharding(mesh, len(shape))) for k, (shape, dtype) in shapes.items()}
+    inputs = {k: _abstract(shape, dtype, batch_sharding(mesh, len(shape), rules))
+              for k, (shape, dtype) in shapes.items()}
     return inputs, {k: v.sharding for k, v in inputs.items()}
 
 
-def _check_batch(what: str, batch: int, mesh) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+def _check_batch(what: str, batch: int, mesh, rules) -> None:
+    from jaxdiv.sharding import shard_count
+
+    shards = shard_count(mesh, rules, "batch")
     if batch % shards:
         raise AOTError(f"{what}.batch_size={batch} must divide by the {shards} batch shards of mesh "
-                       f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
+                       f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} x tensor={mesh.shape['tensor']}")
 
 
 def _mesh(mesh_cfg, devices, what: str):
@@ -175,14 +178,14 @@ def _llama_config(cfg: CompileConfig):
 # ---------------------------------------------------------------------------
 # The programs: each returns (jitted function, abstract args, static kwargs, mesh, batch, analytic FLOPs).
 
-def _train_program(spec, optim, mesh, batch_shapes, loss_fn, seed: int):
+def _train_program(spec, optim, mesh, rules, batch_shapes, loss_fn, seed: int):
     from jaxdiv.train.loop import jit_train_step
     from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
 
     tx = make_optimizer(optim, decayed_keys(spec))
-    state, shardings = create_state(spec, tx, mesh, seed, optim.learning_rate, 1000, materialize=False)
-    batch, batch_shardings = _batch_inputs(mesh, batch_shapes)
-    return jit_train_step(spec, tx, optim, mesh, shardings, batch_shardings, loss_fn), (state, batch), {}
+    state, shardings = create_state(spec, tx, mesh, rules, seed, optim.learning_rate, 1000, materialize=False)
+    batch, batch_shardings = _batch_inputs(mesh, rules, batch_shapes)
+    return jit_train_step(spec, tx, optim, mesh, rules, shardings, batch_shardings, loss_fn), (state, batch), {}
 
 
 def classifier_program(cfg: CompileConfig, devices):
@@ -192,8 +195,8 @@ def classifier_program(cfg: CompileConfig, devices):
     from jaxdiv.train.state import spec_of
 
     c = cfg.classifier
-    mesh = _mesh(c.mesh, devices, "classifier.mesh")
-    _check_batch("classifier", c.batch_size, mesh)
+    mesh, rules = _mesh(c.mesh, devices, "classifier.mesh"), c.mesh.logical_axis_rules
+    _check_batch("classifier", c.batch_size, mesh, rules)
     arch = bert.BertConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
                            num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size)
     model = nnx.eval_shape(lambda: bert.BertClassifier(arch, c.num_labels, dtype=_dtype(c.compute_dtype),
@@ -201,7 +204,7 @@ def classifier_program(cfg: CompileConfig, devices):
     spec = spec_of(model, arch, model.trainable, c.num_labels)
     shape = (c.batch_size, c.max_length)
     step, args, static = _train_program(
-        spec, OptimConfig(batch_size=c.batch_size), mesh,
+        spec, OptimConfig(batch_size=c.batch_size), mesh, rules,
         {"input_ids": (shape, jnp.int32), "attention_mask": (shape, jnp.int32), "labels": (shape[:1], jnp.int32)},
         None, cfg.seed)
     flops = bert_train_flops(arch, c.num_labels, c.batch_size, c.max_length)
@@ -215,22 +218,22 @@ def sft_program(cfg: CompileConfig, devices):
     from jaxdiv.train.state import spec_of
 
     s = cfg.sft
-    mesh = _mesh(s.mesh, devices, "sft.mesh")
-    _check_batch("sft", s.batch_size, mesh)
+    mesh, rules = _mesh(s.mesh, devices, "sft.mesh"), s.mesh.logical_axis_rules
+    _check_batch("sft", s.batch_size, mesh, rules)
     arch = _llama_config(cfg)
     model = nnx.eval_shape(lambda: llama.Llama(arch, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(s.compute_dtype),
                                                remat=s.remat))
     spec = spec_of(model, arch)
     shape = (s.batch_size, s.max_length)
     step, args, static = _train_program(
-        spec, OptimConfig(batch_size=s.batch_size, grad_accum=s.grad_accum), mesh,
+        spec, OptimConfig(batch_size=s.batch_size, grad_accum=s.grad_accum), mesh, rules,
         {k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}, lm_loss(spec), cfg.seed)
     flops = llama_train_flops(arch, s.batch_size, s.max_length, causal_once=True)
     return step, args, static, mesh, f"{s.batch_size} x {s.max_length} tokens", flops
 
 
 def _generator(cfg: CompileConfig, devices):
-    """A JaxGenerator over the abstract decoder, its abstract sharded params, and the mesh."""
+    """A JaxGenerator over the abstract decoder, its abstract sharded params, the mesh and its rules."""
     from tokenizers import Tokenizer, models
 
     from jaxdiv.generate.sampler import JaxGenerator
@@ -239,36 +242,36 @@ def _generator(cfg: CompileConfig, devices):
     from jaxdiv.train.state import _path, param_shardings, spec_of
 
     g = cfg.generate
-    mesh = _mesh(g.mesh, devices, "generate.mesh")
-    _check_batch("generate", g.batch_size, mesh)
+    mesh, rules = _mesh(g.mesh, devices, "generate.mesh"), g.mesh.logical_axis_rules
+    _check_batch("generate", g.batch_size, mesh, rules)
     arch = _llama_config(cfg)
     dtype = _dtype(g.dtype)
     model = nnx.eval_shape(lambda: llama.Llama(arch, rngs=nnx.Rngs(cfg.seed), dtype=dtype, param_dtype=dtype))
     spec = spec_of(model, arch)
-    shardings = param_shardings(spec, mesh)
+    shardings = param_shardings(spec, mesh, rules)
     params = nnx.from_flat_state([(_path(k), _abstract(v.shape, dtype, shardings[k]))
                                   for k, v in spec.initial.items()])
     # the device programs take token ids; the tokenizer (host side) contributes only EOS/pad ids
     tokenizer = ChatTokenizer(Tokenizer(models.BPE()), "", eos_token_ids=(0,), pad_token_id=0)
-    generator = JaxGenerator(model, tokenizer, mesh=mesh, batch_buckets=(g.batch_size,),
+    generator = JaxGenerator(model, tokenizer, mesh=mesh, rules=rules, batch_buckets=(g.batch_size,),
                              prompt_buckets=(g.prompt_length,), decode_chunk=g.decode_chunk)
-    return generator, params, mesh, arch
+    return generator, params, mesh, rules, arch
 
 
-def _row_inputs(mesh, batch: int):
+def _row_inputs(mesh, rules, batch: int):
     names = (("seeds", jnp.uint32), ("row_ids", jnp.uint32), ("temperature", jnp.float32),
              ("top_p", jnp.float32), ("min_p", jnp.float32))
-    return _batch_inputs(mesh, {k: ((batch,), dtype) for k, dtype in names})[0]
+    return _batch_inputs(mesh, rules, {k: ((batch,), dtype) for k, dtype in names})[0]
 
 
 def prefill_program(cfg: CompileConfig, devices):
     from jaxdiv.models.llama import forward_flops
 
     g = cfg.generate
-    generator, params, mesh, arch = _generator(cfg, devices)
+    generator, params, mesh, rules, arch = _generator(cfg, devices)
     shape = (g.batch_size, g.prompt_length)
-    prompt, _ = _batch_inputs(mesh, {"tokens": (shape, jnp.int32), "mask": (shape, jnp.bool_)})
-    rows = _row_inputs(mesh, g.batch_size)
+    prompt, _ = _batch_inputs(mesh, rules, {"tokens": (shape, jnp.int32), "mask": (shape, jnp.bool_)})
+    rows = _row_inputs(mesh, rules, g.batch_size)
     args = (params, prompt["tokens"], prompt["mask"], rows["seeds"], rows["row_ids"], rows["temperature"],
             rows["top_p"], rows["min_p"])
     static = dict(slots=g.prompt_length + g.new_tokens, top_k=g.top_k, use_top_p=g.top_p)
@@ -282,18 +285,18 @@ def decode_program(cfg: CompileConfig, devices):
     from jaxdiv.train.state import replicated
 
     g = cfg.generate
-    generator, params, mesh, arch = _generator(cfg, devices)
+    generator, params, mesh, rules, arch = _generator(cfg, devices)
     slots = g.prompt_length + g.new_tokens
     cache_shape = (g.batch_size * arch.num_kv_heads, slots, arch.head_dim)
-    cache_sharding = named_sharding(mesh, KVCache.LOGICAL_AXES)
+    cache_sharding = named_sharding(mesh, KVCache.LOGICAL_AXES, rules)
     cache = KVCache(*([_abstract(cache_shape, _dtype(g.dtype), cache_sharding)] * arch.num_layers
                       for _ in range(2)))
-    inputs, _ = _batch_inputs(mesh, {"out": ((g.batch_size, g.new_tokens + 1), jnp.int32),
-                                     "done": ((g.batch_size,), jnp.bool_),
-                                     "key_mask": ((g.batch_size, slots), jnp.bool_),
-                                     "lengths": ((g.batch_size,), jnp.int32),
-                                     "max_new": ((g.batch_size,), jnp.int32)})
-    rows = _row_inputs(mesh, g.batch_size)
+    inputs, _ = _batch_inputs(mesh, rules, {"out": ((g.batch_size, g.new_tokens + 1), jnp.int32),
+                                            "done": ((g.batch_size,), jnp.bool_),
+                                            "key_mask": ((g.batch_size, slots), jnp.bool_),
+                                            "lengths": ((g.batch_size,), jnp.int32),
+                                            "max_new": ((g.batch_size,), jnp.int32)})
+    rows = _row_inputs(mesh, rules, g.batch_size)
     start = _abstract((), jnp.int32, replicated(mesh))
     args = (params, cache, inputs["out"], inputs["done"], inputs["key_mask"], inputs["lengths"], inputs["max_new"],
             rows["seeds"], rows["row_ids"], rows["temperature"], rows["top_p"], rows["min_p"], start)

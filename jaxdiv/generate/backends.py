@@ -39,17 +39,17 @@ class JaxBackend:
         self.generator, self.generator_id, self.weights_hash = generator, generator_id, weights_hash
 
     @classmethod
-    def load(cls, cfg: JaxBackendConfig, mesh=None) -> "JaxBackend":
+    def load(cls, cfg: JaxBackendConfig, mesh=None, rules=None) -> "JaxBackend":
         import jax.numpy as jnp
 
         from jaxdiv.models.llama import load_pretrained, resolve_checkpoint, weights_hash
 
         path = resolve_checkpoint(cfg.model)
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
-        model, tokenizer = load_pretrained(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
+        model, tokenizer = load_pretrained(path, dtype=dtype, param_dtype=dtype, mesh=mesh, rules=rules)
         generator = JaxGenerator(model, tokenizer, batch_buckets=cfg.batch_buckets,
                                  max_batch=cfg.max_batch, prompt_buckets=cfg.prompt_buckets,
-                                 decode_chunk=cfg.decode_chunk, mesh=mesh)
+                                 decode_chunk=cfg.decode_chunk, mesh=mesh, rules=rules)
         return cls(generator, f"jax:{Path(cfg.model).name}", weights_hash(path))
 
     def complete(self, requests: Sequence[Request]) -> list[Completion]:
@@ -183,7 +183,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def make_backend(cfg, mesh=None):
-    """The backend a GenerateConfig names."""
+    """The backend a GenerateConfig names (a JAX one placed on `mesh` by cfg.mesh's rules, if given)."""
     if cfg.backend == "jax":
-        return JaxBackend.load(cfg.jax, mesh=mesh)
+        return JaxBackend.load(cfg.jax, mesh=mesh, rules=None if mesh is None else cfg.mesh.logical_axis_rules)
     return OpenAIBackend(cfg.openai)

@@ -248,13 +248,17 @@ class JaxGenerator:
 
     def __init__(self, model: Llama, tokenizer: ChatTokenizer, *, batch_buckets: Sequence[int] = (),
                  max_batch: int = 32, prompt_buckets: Sequence[int] = (), decode_chunk: int = 16,
-                 mesh: jax.sharding.Mesh | None = None, stop_at_eos: bool = True):
+                 mesh: jax.sharding.Mesh | None = None, rules: shd.Rules | None = None,
+                 stop_at_eos: bool = True):
         """Empty `batch_buckets`: `auto_batch_buckets(max_batch)`; empty `prompt_buckets`: each
-        batch's width is `auto_prompt_width` of its longest prompt."""
+        batch's width is `auto_prompt_width` of its longest prompt. With a `mesh`, `rules` (its
+        config's logical_axis_rules) place the rows and the cache on it."""
+        if (mesh is None) != (rules is None):
+            raise ValueError("JaxGenerator: a mesh needs its logical-axis rules, and rules need a mesh")
         self.tokenizer = tokenizer
         self.cfg = model.cfg
-        self.mesh = mesh
-        data_size = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        self.mesh, self.rules = mesh, rules
+        data_size = 1 if mesh is None else shd.shard_count(mesh, rules, "batch")
         # Every batch bucket splits evenly over the data axes, and holds at least two rows: a
         # lone row runs with a padding row, as XLA's CPU matmuls are several times slower for
         # one row than for two (10x for the 49k-vocabulary LM head).
@@ -441,14 +445,15 @@ class JaxGenerator:
         per_row = jax.tree.map(lambda a: a[keep], per_row)
         if self.mesh is not None:
             per_row = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
-                a, shd.batch_sharding(self.mesh, a.ndim)), per_row)
+                a, shd.batch_sharding(self.mesh, a.ndim, self.rules)), per_row)
         return cache, per_row
 
     def _constrain_cache(self, cache: KVCache) -> KVCache:
         """The cache laid out over the mesh's data axes (whole rows per device), if any."""
         if self.mesh is None:
             return cache
-        return jax.lax.with_sharding_constraint(cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES))
+        return jax.lax.with_sharding_constraint(cache, shd.named_sharding(self.mesh, KVCache.LOGICAL_AXES,
+                                                                          self.rules))
 
     def _completion(self, request: Request, prompt: list[int], generated: np.ndarray,
                     stopped: bool) -> Completion:
@@ -471,4 +476,4 @@ class JaxGenerator:
     def _place(self, array: np.ndarray) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(array)
-        return jax.device_put(array, shd.batch_sharding(self.mesh, array.ndim))
+        return jax.device_put(array, shd.batch_sharding(self.mesh, array.ndim, self.rules))

@@ -3,7 +3,7 @@
 One implementation serves the scorer (mean-pooled, L2-normalised sentence embeddings) and
 the trainer (`BertClassifier`: encoder + pooler + classification head, bottom layers
 optionally frozen). Every parameter carries logical axis names (`vocab`, `embed`, `heads`,
-`mlp`) that `jaxdiv.sharding.DEFAULT_RULES` maps onto the (data, fsdp, tensor) mesh.
+`mlp`) that the mesh config's `logical_axis_rules` map onto the (data, fsdp, tensor) mesh.
 
 Weights: `load_bert_encoder(dir)` / `load_bert_classifier(dir, num_labels)` read
 `config.json` and `model.safetensors` from a folder. Keys may carry a `bert.` prefix

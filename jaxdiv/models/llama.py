@@ -11,7 +11,7 @@ Layout conventions (shared with the HF checkpoints, so loading is a transpose):
   architecture store Q and K rows permuted for llama.cpp's interleaved rotation;
   `_unpermute_rope` undoes that at load time.
 - Every parameter carries logical axis names (embed, mlp, heads, kv_heads, vocab) that
-  `jaxdiv.sharding.DEFAULT_RULES` maps onto the (data, fsdp, tensor) mesh.
+  the mesh config's `logical_axis_rules` map onto the (data, fsdp, tensor) mesh.
 
 Attention masking works in *cache slots*: query t of a call that starts at slot `start`
 sits in slot `start + t` and may attend to slot s iff `s <= start + t` and
@@ -317,11 +317,14 @@ def _hf_key(path: tuple | str) -> tuple[str, bool]:
 
 def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray], *, dtype=jnp.float32,
                     param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-                    source: str = "weights") -> Llama:
+                    rules: shd.Rules | None = None, source: str = "weights") -> Llama:
     """A `Llama` whose params are the given HF-named arrays ((out, in) linear weights).
 
-    With a mesh, each param is placed by its logical axes through DEFAULT_RULES.
+    With a mesh, each param is placed by its logical axes through `rules` (the mesh config's
+    logical_axis_rules).
     """
+    if (mesh is None) != (rules is None):
+        raise ValueError("from_hf_weights: a mesh needs its logical-axis rules, and rules need a mesh")
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0), dtype=dtype,
                                             param_dtype=param_dtype))
     graphdef, state = nnx.split(abstract)
@@ -342,7 +345,7 @@ def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray], *, dtyp
         array = jnp.asarray(array, dtype=param_dtype)
         if mesh is not None:
             axes = variable.get_metadata().get("out_sharding")
-            array = jax.device_put(array, shd.named_sharding(mesh, axes))
+            array = jax.device_put(array, shd.named_sharding(mesh, axes, rules))
         leaves.append((path, variable.replace(array)))
     # a tied checkpoint may still store lm_head (a copy of the embedding); rotary tables are derived
     ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
@@ -613,7 +616,8 @@ def save_hf_checkpoint(params: "Mapping[str, np.ndarray] | Llama", cfg: LlamaCon
 
 
 def load_pretrained(source: str | Path, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    mesh: jax.sharding.Mesh | None = None) -> tuple[Llama, "ChatTokenizer"]:
+                    mesh: jax.sharding.Mesh | None = None, rules: shd.Rules | None = None
+                    ) -> tuple[Llama, "ChatTokenizer"]:
     """Model and tokenizer from a GGUF file, an HF safetensors dir, or a packaged asset name
     (e.g. "smollm2-135m-instruct")."""
     from jaxdiv.models.tokenizer import ChatTokenizer
@@ -627,6 +631,6 @@ def load_pretrained(source: str | Path, *, dtype=jnp.float32, param_dtype=jnp.fl
         tokenizer = ChatTokenizer.from_hf_dir(path)
         if not cfg.eos_token_ids and tokenizer.eos_token_ids:
             cfg = dataclasses.replace(cfg, eos_token_ids=tokenizer.eos_token_ids)
-    model = from_hf_weights(cfg, weights, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+    model = from_hf_weights(cfg, weights, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
                             source=str(path))
     return model, tokenizer

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from jaxdiv.score.config import DiversityConfig
 from jaxdiv.score.errors import EmbeddingError
+from jaxdiv.sharding import make_mesh
 
 HIGHEST = jax.lax.Precision.HIGHEST
 VENDI_ORDERS = (0.5, 1.0, 2.0, math.inf)
@@ -407,12 +407,6 @@ def summarize(stats: dict[str, jax.Array], n: int, cfg: DiversityConfig) -> dict
     return out
 
 
-def default_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all); the kernel shards rows over all its axes."""
-    devices = list(jax.devices() if devices is None else devices)
-    return Mesh(np.asarray(devices, dtype=object), ("data",))
-
-
 def _sharded_rows(x, mesh: Mesh, check: bool, block_size: int | None) -> jax.Array:
     """`x` as float32, zero-padded (to the tile layout, or just to the device count) and row-sharded."""
     if check:
@@ -429,10 +423,10 @@ def embedding_diversity(x: np.ndarray | jax.Array, cfg: DiversityConfig = Divers
                         mesh: Mesh | None = None, check: bool = True) -> dict[str, float]:
     """Every set-level embedding metric of the (n, d) matrix `x` (rows need not be normalised).
 
-    Rows are sharded over every axis of `mesh` (default: all devices). Raises EmbeddingError
-    for n < 2, NaN/Inf or all-zero rows, naming the row.
+    Rows are sharded over every axis of `mesh` (default: `make_mesh()` over all devices). Raises
+    EmbeddingError for n < 2, NaN/Inf or all-zero rows, naming the row.
     """
-    mesh = default_mesh() if mesh is None else mesh
+    mesh = make_mesh() if mesh is None else mesh
     rows = _sharded_rows(x, mesh, check, cfg.block_size)
     out = _diversity_kernel(rows, jax.random.key(cfg.seed), n=x.shape[0], cfg=cfg, mesh=mesh)
     return {name: float(out[name]) for name in METRIC_NAMES}
@@ -441,6 +435,6 @@ def embedding_diversity(x: np.ndarray | jax.Array, cfg: DiversityConfig = Divers
 def vendi_scores(x: np.ndarray | jax.Array, cfg: DiversityConfig = DiversityConfig(), *,
                  mesh: Mesh | None = None, check: bool = True) -> dict[str, float]:
     """Only the spectrum metrics (Vendi at every order, log-det, effective rank): O(nd^2 + d^3)."""
-    mesh = default_mesh() if mesh is None else mesh
+    mesh = make_mesh() if mesh is None else mesh
     out = _spectrum_kernel(_sharded_rows(x, mesh, check, None), n=x.shape[0], cfg=cfg, mesh=mesh)
     return {name: float(value) for name, value in out.items()}

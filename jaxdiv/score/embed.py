@@ -30,7 +30,7 @@ from jaxdiv.io import atomic_path
 from jaxdiv.models.bert import encode_texts, load_bert_encoder, load_tokenizer, sentence_embeddings
 from jaxdiv.models.compiler import model_compiler_options
 from jaxdiv.score.config import EmbedderConfig
-from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
+from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh, shard_count
 
 SHARD_TEXTS = 4096  # texts per cache shard: what a kill can lose at most
 
@@ -55,13 +55,13 @@ class Embedder:
         self.tokenizer = load_tokenizer(self.directory)
         encoder = load_bert_encoder(self.directory, dtype=jnp.dtype(cfg.dtype))
         self.mesh = make_mesh(mesh_cfg, devices)
-        self.batch_sharding = batch_sharding(self.mesh, 2)
+        self.batch_sharding = batch_sharding(self.mesh, 2, mesh_cfg.logical_axis_rules)
         graphdef, state = nnx.split(encoder)
         self.state = jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
         self.buckets = tuple(sorted({b for b in cfg.length_buckets if b < cfg.max_length} | {cfg.max_length}))
         self.dim = encoder.cfg.hidden_size
-        data_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]  # the "batch" rule's axes
-        self.batch_size = -(-cfg.batch_size // data_devices) * data_devices
+        shards = shard_count(self.mesh, mesh_cfg.logical_axis_rules, "batch")
+        self.batch_size = -(-cfg.batch_size // shards) * shards
 
         @functools.partial(jax.jit, compiler_options=model_compiler_options())
         def forward(state, input_ids, attention_mask):

@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 
 from jaxdiv.score.config import DiversityConfig
 from jaxdiv.score.errors import EmbeddingError
-from jaxdiv.score.diversity import (HIGHEST, METRIC_NAMES, bad_rows, default_mesh, kmeans_plus_plus,
-                                    lloyd_partials, lloyd_update, normalize_rows, occupancy_entropy,
-                                    pair_summary, pair_terms, summarize)
+from jaxdiv.score.diversity import (HIGHEST, METRIC_NAMES, bad_rows, kmeans_plus_plus, lloyd_partials,
+                                    lloyd_update, normalize_rows, occupancy_entropy, pair_summary, pair_terms,
+                                    summarize)
+from jaxdiv.sharding import make_mesh
 
 
 @functools.partial(jax.jit, static_argnames=("n_valid",))
@@ -108,7 +109,7 @@ def _streaming_kmeans(chunks: _Chunks, cfg: DiversityConfig, bar) -> tuple[jax.A
     sample_ids = np.sort(np.random.default_rng(cfg.seed).choice(chunks.n, min(chunks.rows, chunks.n),
                                                                 replace=False))
     sample = normalize_rows(jnp.asarray(np.asarray(chunks.array[sample_ids], np.float32)))
-    mesh = default_mesh(jax.devices()[:1])
+    mesh = make_mesh(devices=jax.devices()[:1])
     seed = jax.shard_map(
         lambda x, key: kmeans_plus_plus(x, jnp.ones(x.shape[0], bool), key, k, x.shape[0],
                                          mesh.axis_names, x.shape[0]),

@@ -25,7 +25,7 @@ from jaxdiv import configlib
 from jaxdiv.configlib import ConfigError
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
-from jaxdiv.sharding import batch_sharding, make_mesh
+from jaxdiv.sharding import Rules, batch_sharding, make_mesh, shard_count
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
 from jaxdiv.train.config import OptimConfig, TrainJobConfig
@@ -96,12 +96,13 @@ class Fitted:
     train_metrics: dict[str, float]
 
 
-def jit_train_step(spec: ModelSpec, tx, optim: OptimConfig, mesh, shardings, batch_shardings, loss_fn=None):
+def jit_train_step(spec: ModelSpec, tx, optim: OptimConfig, mesh, rules: Rules, shardings, batch_shardings,
+                   loss_fn=None):
     """The train step jitted with the state's and the batch's shardings, the state donated (what
     `fit` runs and `jaxdiv compile` compiles ahead of time)."""
     # micro-batches (accum, micro, ...): rows stay sharded as in the global batch
     constrain = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
-        mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1).spec)))
+        mesh, PartitionSpec(None, *batch_sharding(mesh, x.ndim - 1, rules).spec)))
     return jax.jit(make_train_step(spec, tx, optim, loss_fn, constrain),
                    in_shardings=(shardings, batch_shardings),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
@@ -119,26 +120,26 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
     """
     optim = cfg.optim
     steps = total_steps(optim, len(train))
-    mesh = make_mesh(cfg.mesh)
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    mesh, rules = make_mesh(cfg.mesh), cfg.mesh.logical_axis_rules
+    shards = shard_count(mesh, rules, "batch")
     if optim.batch_size % shards or optim.eval_batch_size % shards:
         raise ConfigError(f"optim.batch_size={optim.batch_size} and optim.eval_batch_size="
                           f"{optim.eval_batch_size} must divide by the {shards} batch shards of mesh "
-                          f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
+                          f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} x tensor={mesh.shape['tensor']}")
     tx = make_optimizer(optim, decayed_keys(spec))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
-    abstract, shardings = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, steps,
+    abstract, shardings = create_state(spec, tx, mesh, rules, cfg.seed, optim.learning_rate, steps,
                                       materialize=False)
     restored = checkpointer.restore_latest(abstract) if cfg.checkpoint.resume else None
     if restored is None:
-        state, _ = create_state(spec, tx, mesh, cfg.seed, optim.learning_rate, steps)
+        state, _ = create_state(spec, tx, mesh, rules, cfg.seed, optim.learning_rate, steps)
     else:
         state = restored[0]
     start = int(to_host(state["step"]))
 
     example = train.take(np.zeros(1, np.int64))
-    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in example.items()}
-    train_step = jit_train_step(spec, tx, optim, mesh, shardings, batch_shardings, loss_fn)
+    batch_shardings = {k: batch_sharding(mesh, v.ndim, rules) for k, v in example.items()}
+    train_step = jit_train_step(spec, tx, optim, mesh, rules, shardings, batch_shardings, loss_fn)
 
     writer = MetricsWriter(workdir, cfg.log.tensorboard)
     writer.truncate(start)
@@ -187,7 +188,8 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
 
     def evaluate_all(state, shardings, mesh, step, writer):
         if "eval" not in compiled:
-            batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2)
+            rules = cfg.mesh.logical_axis_rules
+            batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2, rules)
                                for k in ("input_ids", "attention_mask", "labels")}
             compiled["eval"] = (jax.jit(make_eval_step(spec), in_shardings=(shardings, batch_shardings),
                                         out_shardings=replicated(mesh)), batch_shardings)

@@ -1,7 +1,7 @@
 """Ablation runs in one program: R classifier runs that share shapes, trained at once.
 
-Every array of the train state gets a leading run axis (logical name `runs`, sharded over
-the `data` mesh axis) and the train step is `jax.vmap`ped over it. Runs differ in seed,
+Every array of the train state gets a leading run axis (logical name `runs`, sharded as
+`run_rules` says) and the train step is `jax.vmap`ped over it. Runs differ in seed,
 peak learning rate and training rows (data subsets, mixing ratios: any row set); they
 share the model, batch size, sequence length and optimizer settings. A run whose data is
 smaller has fewer steps: its state stops changing once `step == total_steps` (a per-run
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from jaxdiv import configlib
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
-from jaxdiv.sharding import DEFAULT_RULES, make_mesh, named_sharding
+from jaxdiv.sharding import Rules, make_mesh, named_sharding, rules_without, shard_count
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
 from jaxdiv.train.config import TrainJobConfig
@@ -41,6 +41,13 @@ from jaxdiv.train.metrics import MetricsWriter, classification_metrics
 from jaxdiv.train.state import (build_model, decayed_keys, init_state, make_optimizer, model_dir,
                                 param_shardings, state_shardings)
 from jaxdiv.train.step import make_eval_step, make_train_step
+
+
+def run_rules(rules: Rules, mesh, num_runs: int) -> Rules:
+    """The rules for `num_runs` stacked runs: the run axis keeps its mesh axes when the runs divide
+    evenly over them; else runs are replicated, and the batch inside each run takes those axes
+    instead (where its own rule lists them)."""
+    return rules if num_runs % shard_count(mesh, rules, "runs") == 0 else rules_without(rules, "runs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +97,11 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
         encoded.append(data_lib.encode_rows(tokenizer, texts, labels, cfg.model.max_length))
     mesh = make_mesh(cfg.mesh)
     num_runs = len(runs)
-    if num_runs % mesh.shape["data"] and optim.batch_size % mesh.shape["data"]:
-        # Neither the run axis nor the batch divides over `data`: fill the run axis with
-        # copies of the last run that never step (0 total steps); their results are dropped.
-        padding = -num_runs % mesh.shape["data"]
+    run_shards = shard_count(mesh, cfg.mesh.logical_axis_rules, "runs")
+    if num_runs % run_shards and optim.batch_size % run_shards:
+        # Neither the run axis nor the batch divides over the run axis's mesh axes: fill the run
+        # axis with copies of the last run that never step (0 total steps); their results are dropped.
+        padding = -num_runs % run_shards
         runs, encoded = list(runs) + [runs[-1]] * padding, encoded + [encoded[-1]] * padding
     evals = {}
     for split, rows in (eval_splits or {}).items():
@@ -127,10 +135,7 @@ def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
                    for k in frozen_keys}
     del trainable, frozen
 
-    # The run axis is sharded over `data` when it divides evenly, else runs are replicated
-    # (and the batch inside each run takes the data axis instead).
-    rules = DEFAULT_RULES if len(runs) % mesh.shape["data"] == 0 else tuple(
-        (name, () if name == "runs" else axes) for name, axes in DEFAULT_RULES)
+    rules = run_rules(cfg.mesh.logical_axis_rules, mesh, len(runs))
     tx = make_optimizer(optim, decayed_keys(spec))
 
     def init_all(seeds, lrs, totals, trainable, frozen):

@@ -198,7 +198,8 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
         if evals is None:
             return
         if not compiled:
-            compiled["shardings"] = {k: batch_sharding(mesh, 2) for k in ("input_ids", "attention_mask", "loss_mask")}
+            compiled["shardings"] = {k: batch_sharding(mesh, 2, cfg.mesh.logical_axis_rules)
+                                     for k in ("input_ids", "attention_mask", "loss_mask")}
             compiled["step"] = jax.jit(lambda s, b: _token_losses(spec, {**s["trainable"], **s["frozen"]}, b),
                                        in_shardings=(shardings, compiled["shardings"]),
                                        out_shardings=replicated(mesh))

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiv import assets
 from jaxdiv.models import bert
-from jaxdiv.sharding import DEFAULT_RULES, named_sharding
+from jaxdiv.sharding import Rules, named_sharding
 from jaxdiv.train.config import ModelConfig, OptimConfig
 
 
@@ -156,13 +156,13 @@ def init_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: jax.Arra
             "total_steps": jnp.asarray(total_steps, jnp.int32)}
 
 
-def param_shardings(spec: ModelSpec, mesh: Mesh, rules=DEFAULT_RULES, lead: tuple[str, ...] = ()
+def param_shardings(spec: ModelSpec, mesh: Mesh, rules: Rules, lead: tuple[str, ...] = ()
                     ) -> dict[str, NamedSharding]:
     """Each param's sharding from its logical axes (`lead`: extra leading logical axes, e.g. runs)."""
     return {k: named_sharding(mesh, lead + axes, rules) for k, axes in spec.logical_axes.items()}
 
 
-def state_shardings(spec: ModelSpec, abstract_state: dict[str, Any], mesh: Mesh, rules=DEFAULT_RULES,
+def state_shardings(spec: ModelSpec, abstract_state: dict[str, Any], mesh: Mesh, rules: Rules,
                     lead: tuple[str, ...] = ()) -> dict[str, Any]:
     """Shardings for a whole state: params by logical axes; optimizer leaves that mirror a param
     (Adam moments) like that param; scalars replicated (or over the runs axis in ablations)."""
@@ -181,8 +181,8 @@ def state_shardings(spec: ModelSpec, abstract_state: dict[str, Any], mesh: Mesh,
     return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
 
 
-def create_state(spec: ModelSpec, tx: optax.GradientTransformation, mesh: Mesh, seed: int,
-                 learning_rate: float, total_steps: int, rules=DEFAULT_RULES, *, materialize: bool = True
+def create_state(spec: ModelSpec, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules, seed: int,
+                 learning_rate: float, total_steps: int, *, materialize: bool = True
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state, its shardings): the state materialises directly in its sharded layout. With
     materialize=False the state is abstract (ShapeDtypeStructs carrying the shardings), the

@@ -210,9 +210,9 @@ def test_prompts_sharded_on_the_data_axis_give_the_same_rows(tiny_generator):
     from jaxdiv.sharding import MeshConfig, make_mesh
 
     model, tokenizer, plain = tiny_generator
-    mesh = make_mesh(MeshConfig(data=8))
+    mesh_cfg = MeshConfig(data=8)
     sharded = JaxGenerator(model, tokenizer, batch_buckets=(1, 8), prompt_buckets=(64,),
-                           decode_chunk=4, mesh=mesh)
+                           decode_chunk=4, mesh=make_mesh(mesh_cfg), rules=mesh_cfg.logical_axis_rules)
     assert sharded.batch_buckets == (8,)
     assert sharded.generate(_requests(PROMPTS, SAMPLED, seed=7)) == plain.generate(
         _requests(PROMPTS, SAMPLED, seed=7))

@@ -150,8 +150,8 @@ def test_params_carry_logical_axes_and_shard_on_a_mesh():
     weights = {llama._hf_key(path)[0]: (np.asarray(v.get_value()).T if llama._hf_key(path)[1]
                                         else np.asarray(v.get_value()))
                for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    sharded = llama.from_hf_weights(TINY, weights, mesh=mesh)
+    mesh_cfg = MeshConfig(data=2, fsdp=2, tensor=2)
+    sharded = llama.from_hf_weights(TINY, weights, mesh=make_mesh(mesh_cfg), rules=mesh_cfg.logical_axis_rules)
     kernel = sharded.layers[0].mlp.gate_proj.kernel[...]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, TINY.vocab_size, (4, 5)))

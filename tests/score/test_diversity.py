@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from jaxdiv.score.config import DiversityConfig
-from jaxdiv.score.diversity import default_mesh, embedding_diversity, vendi_scores
+from jaxdiv.score.diversity import embedding_diversity, vendi_scores
 from jaxdiv.score.errors import EmbeddingError
 from jaxdiv.score.streaming import streaming_embedding_diversity
+from jaxdiv.sharding import make_mesh
 
 from .peers import diversity_module
 
@@ -49,7 +50,7 @@ def scored(request):
     n, d = request.param
     x = np.random.default_rng(n * d).normal(size=(n, d)).astype(np.float32)
     x[1] = x[0] * 3.0  # one exact near duplicate pair (same direction)
-    one = embedding_diversity(x, CFG, mesh=default_mesh(jax.devices()[:1]))
+    one = embedding_diversity(x, CFG, mesh=make_mesh(devices=jax.devices()[:1]))
     eight = embedding_diversity(x, CFG)
     return x, one, eight
 
@@ -90,7 +91,7 @@ def test_vendi_equals_vendi_score_package(scored):
 def test_vendi_does_not_depend_on_route():
     x = np.random.default_rng(1).normal(size=(20, 64)).astype(np.float32)
     x[5:10] = x[0]  # rank deficiency: the dual has many zero eigenvalues, q = 0.5 sees their noise
-    mesh = default_mesh(jax.devices()[:1])
+    mesh = make_mesh(devices=jax.devices()[:1])
     gram = embedding_diversity(x, DiversityConfig(block_size=64, vendi_route="gram"), mesh=mesh)
     dual = embedding_diversity(x, DiversityConfig(block_size=64, vendi_route="dual"), mesh=mesh)
     for name in ("vendi_q0.5", "vendi_q1", "vendi_q2", "vendi_qinf", "log_det", "effective_rank"):

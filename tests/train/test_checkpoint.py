@@ -36,7 +36,8 @@ def _command(workdir):
 def _restore(workdir, cfg, num_labels, mesh_cfg):
     spec = build_model(cfg.model, num_labels, cfg.seed)
     abstract, _ = create_state(spec, make_optimizer(cfg.optim, decayed_keys(spec)), make_mesh(mesh_cfg),
-                               cfg.seed, cfg.optim.learning_rate, STEPS, materialize=False)
+                               mesh_cfg.logical_axis_rules, cfg.seed, cfg.optim.learning_rate, STEPS,
+                               materialize=False)
     return Checkpointer(workdir / "checkpoints", cfg.checkpoint).restore_latest(abstract)
 
 

@@ -49,12 +49,13 @@ def test_eval_batches_pad_with_zero_weight():
 
 
 def test_global_batch_places_each_block():
-    mesh = make_mesh(MeshConfig(data=4, fsdp=2))
+    mesh_cfg = MeshConfig(data=4, fsdp=2)
+    mesh, rules = make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules
     values = np.arange(8 * 3).reshape(8, 3)
-    out = data_lib.global_batch({"x": values}, {"x": batch_sharding(mesh, 2)})["x"]
+    out = data_lib.global_batch({"x": values}, {"x": batch_sharding(mesh, 2, rules)})["x"]
     np.testing.assert_array_equal(np.asarray(out), values)
     assert out.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
     runs = np.arange(4 * 8).reshape(4, 8)
-    sharding = named_sharding(mesh, ("runs", "batch"))
+    sharding = named_sharding(mesh, ("runs", "batch"), rules)
     assert data_lib.local_block(sharding, runs.shape) == (slice(0, 4), slice(0, 8))
     np.testing.assert_array_equal(np.asarray(data_lib.global_batch({"r": runs}, {"r": sharding})["r"]), runs)

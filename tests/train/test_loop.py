@@ -63,7 +63,8 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
     cfg = tiny_config()
     spec = build_model(cfg.model, len(names), 0)
     tx = make_optimizer(cfg.optim, decayed_keys(spec))
-    state, _ = create_state(spec, tx, make_mesh(MESHES["data2_fsdp2_tensor2"]), 0, 1e-3, 10)
+    rules = cfg.mesh.logical_axis_rules
+    state, _ = create_state(spec, tx, make_mesh(MESHES["data2_fsdp2_tensor2"]), rules, 0, 1e-3, 10)
     params = state["trainable"]
     assert params["encoder/layers/0/intermediate/kernel"].sharding.spec == P("fsdp", "tensor")
     assert params["encoder/layers/0/query/kernel"].sharding.spec == P("fsdp", "tensor")
@@ -73,7 +74,7 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
     assert kernel.addressable_shards[0].data.shape == (16, 32)  # (32, 64) split 2 x 2
     adam_mu = state["opt_state"][1].mu["encoder/layers/0/intermediate/kernel"]
     assert adam_mu.sharding.spec == P("fsdp", "tensor")
-    state8, _ = create_state(spec, tx, make_mesh(MESHES["data8"]), 0, 1e-3, 10)
+    state8, _ = create_state(spec, tx, make_mesh(MESHES["data8"]), rules, 0, 1e-3, 10)
     assert state8["trainable"]["encoder/layers/0/intermediate/kernel"].sharding.spec == P(None, None)
     assert state8["step"].sharding.is_fully_replicated
 
