@@ -284,6 +284,13 @@ class Pool:
         return {"rows": len(self._rows), "accepted": accepted, "rejected": len(self._rows) - accepted,
                 "reasons": self.reasons()}
 
+    def parse_failures(self) -> int:
+        """Rejected rows whose output did not parse (no text, or a label outside the task's); rows
+        a gate rejected parsed, and failed requests are not outputs at all."""
+        labels = set(self.meta["label_names"])
+        return sum(r["status"] != ACCEPTED and not r["reason"].startswith(REQUEST_FAILED)
+                   and (not r["text"] or r["parsed_label"] not in labels) for r in self._rows)
+
     def reasons(self) -> dict[str, int]:
         """Rejection reasons with their counts, details dropped ('duplicate of X' -> 'duplicate',
         'too long (41 words > 30)' -> 'too long')."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import datasets
 
-from jaxdiv.data.pool import ACCEPTED, POOL_FILE, REQUEST_FAILED, Pool, PoolError
+from jaxdiv.data.pool import ACCEPTED, POOL_FILE, Pool, PoolError
 from jaxdiv.data.tasks import TABLE_BUILDERS, load_table
 
 
@@ -86,8 +86,5 @@ def _read_generated_pool(path: Path) -> PoolRows:
     pool = Pool.open(path)
     rows = pool.rows()
     accepted = [r for r in rows if r["status"] == ACCEPTED]
-    labels = set(pool.meta["label_names"])
-    unparsed = sum(r["status"] != ACCEPTED and not r["reason"].startswith(REQUEST_FAILED)
-                   and (not r["text"] or r["parsed_label"] not in labels) for r in rows)
     return PoolRows(str(path), [r["text"] for r in accepted], [r["intended_label"] for r in accepted],
-                    len(rows), unparsed, pool.reasons())
+                    len(rows), pool.parse_failures(), pool.reasons())

@@ -202,16 +202,20 @@ class Scorer:
             self._embedder = Embedder(self.cfg.embedder, self.cfg.mesh)
         return self._embedder
 
-    def score(self, texts: list[str], labels: list[str], *, bootstrap: int, parse_failures: int = 0,
+    def score(self, texts: list[str], labels: list[str], *, bootstrap: int, pool: Pool | None = None,
               progress: bool = False) -> dict:
+        """The score report of these rows; `pool`: the generated pool they are the accepted rows of
+        (its rejected rows, parse failures and rejection reasons go into the report)."""
         from jaxdiv.score.suite import score_pool
 
         cfg = dataclasses.replace(self.cfg, bootstrap=dataclasses.replace(self.cfg.bootstrap, samples=bootstrap))
-        path = self.directory / f"{_key(cfg, sorted(zip(texts, labels)), parse_failures)}.json"
+        left_out = ({"rejected": pool.counts()["rejected"], "parse_failures": pool.parse_failures(),
+                     "rejections": pool.reasons()} if pool is not None else {})
+        path = self.directory / f"{_key(cfg, sorted(zip(texts, labels)), left_out)}.json"
         if (cached := _read_json(path)) is not None:
             return cached
-        report = score_pool(texts, labels, real=self.task, cfg=cfg, embedder=self.embedder,
-                            parse_failures=parse_failures, progress=progress)
+        report = score_pool(texts, labels, real=self.task, cfg=cfg, embedder=self.embedder, **left_out,
+                            progress=progress)
         _write_json(path, report)
         return report
 
@@ -345,10 +349,9 @@ def pool_table(cfg: StudyConfig, task: Task, sources: list[Source], scorer: Scor
     for source in tqdm(sources, desc="score pools", unit="pool", disable=not progress):
         pool = source.slot.pool
         counts = pool.counts()
-        rejected = counts["rows"] - counts["accepted"]
         names = [task.label_names[i] for i in source.rows["label"]]
         report = scorer.score(source.rows["text"], names, bootstrap=cfg.score.bootstrap.samples,
-                              parse_failures=rejected if source.mechanism == "prompt" else 0)
+                              pool=pool if source.mechanism == "prompt" else None)
         intervals = {f"{e['metric']}_ci": f"[{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
                      for e in report["metrics"] if e["ci_low"] is not None
                      and e["metric"] in ("vendi_q1", "dcscore", "mmd2")}

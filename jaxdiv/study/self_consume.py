@@ -249,11 +249,9 @@ def run_self_consumption(cfg: SelfConsumeConfig, progress: bool = True) -> Path:
         reports, cells, row_cells = {}, {}, {}
         for chain, pool in pools.items():
             if pool.key not in reports:
-                counts = pool.pool.counts()
                 reports[pool.key] = scorer.score(
                     [r["text"] for r in pool.accepted], [r["parsed_label"] for r in pool.accepted],
-                    bootstrap=cfg.score.bootstrap.samples, parse_failures=counts["rows"] - counts["accepted"],
-                    progress=progress)
+                    bootstrap=cfg.score.bootstrap.samples, pool=pool.pool, progress=progress)
             rows = classifier_rows(cfg, task, chain, round_, pool)
             for seed in cfg.chains.seeds:
                 key = _key(cell_base, sorted((r["text"], r["label"]) for r in rows), seed)

@@ -90,3 +90,15 @@ def test_bad_rows_and_files_raise_named_errors(tmp_path):
     chunk.write_text(json.dumps(row) + "\n")
     with pytest.raises(PoolError, match=r"chunk-000000-\w+.jsonl:1: row lacks fields \['prompt'\]"):
         Pool.open(tmp_path)
+
+
+def test_parse_failures_count_only_outputs_that_did_not_parse(tmp_path):
+    pool = Pool.create(tmp_path, META)
+    pool.append([_row(0, "Who built the pyramids?"),
+                 _row(1, "", status=REJECTED, reason="empty output", parsed=""),  # did not parse
+                 _row(2, "Is it fun?", status=REJECTED, reason="no label", parsed="FUN"),  # unknown label
+                 _row(3, "What a day is like?", status=REJECTED, reason="label_probe"),  # parsed; a gate said no
+                 _row(4, "Here's a question:", status=REJECTED, reason="chatter"),
+                 _row(5, "", status=REJECTED, reason="request_failed: HTTP 503", parsed="")])  # no output
+    assert Pool.open(tmp_path).parse_failures() == 2
+    assert Pool.open(tmp_path).counts()["rejected"] == 5
