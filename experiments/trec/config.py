@@ -5,7 +5,7 @@ highly diverse data hurt, when the shift to the real data is small?
 
 Grid: the prompt mechanism at D0..D6 (topic sets of 1 .. 1,000 LLM-written topics) and the
 selection mechanism (three subsets of one D6 pool, selected to low, middle and high diversity at
-equal n) as a second diversity axis; budgets of 4, 8 and 32 real rows per class; both protocols
+equal n) as a second diversity axis; budgets of 4, 8 and 16 real rows per class; both protocols
 (fixed_total: half of the budget replaced by synthetic rows; added: the budget plus half as many
 synthetic rows); 2 generation seeds (independent pools) and 5 training seeds. Sized for the 2-core
 CPU (see experiments/README.md for the runtime).
@@ -42,11 +42,14 @@ def get_config() -> StudyConfig:
         grid=GridConfig(
             mechanisms=("prompt", "select"), levels=(0, 1, 2, 3, 4, 5, 6),
             select_level=6, select_pool_rows=240, select_positions=(0.0, 0.5, 1.0),
-            proportions=(0.0, 0.5), budgets=(4, 8, 32), subsets=(0,), generation_seeds=(0, 1),
+            proportions=(0.0, 0.5), budgets=(4, 8, 16), subsets=(0,), generation_seeds=(0, 1),
             protocols=("fixed_total", "added"), seeds=(0, 1, 2, 3, 4),
-            # budget 32 at proportion 0.5 needs 16 accepted rows per class (ABBR is the scarcest):
-            # pools start at 64 rows and are extended up to 720 while a class is short
-            pool_rows=64, max_pool_rows=720, short_pools="shrink",
+            # budget 16 at proportion 0.5 needs 8 accepted rows per class. The budget-trained label
+            # probe keeps few DESC and HUM questions (3-5% of generated rows each), so pools start at
+            # 96 rows (240 for the D6 pool selection draws on) and are extended up to 240 while a
+            # class is short; past that every level of the replicate uses what its shortest pool
+            # holds per class (equal n; recorded in the `fallback` column and the report)
+            pool_rows=96, max_pool_rows=240, short_pools="shrink",
         ),
         report=ReportConfig(diversity_metric="vendi_q1", shift_metric="mmd2", shift_tolerance=0.02,
                             resamples=2000, seed=0, sample_rows=10),
