@@ -32,7 +32,7 @@ from jaxdiv.data.tasks import load_task
 from jaxdiv.generate.config import GatesConfig
 from jaxdiv.generate.gates import (CHATTER, ECHO, GATE_REASONS, LABEL_PROBE, LABEL_PROBE_ORACLE,
                                    NEAR_DUPLICATE, TRUNCATED, Gates, rule_reason)
-from jaxdiv.generate.recipes import Recipe
+from jaxdiv.generate.recipes import make_recipe
 from jaxdiv.generate.runner import pool_meta, run_generate
 from jaxdiv.io import atomic_write_text
 from jaxdiv.score.embed import Embedder
@@ -82,7 +82,7 @@ def replay(args, before_cfg, before: Pool, arm: str, task) -> tuple[Pool, float]
         f"workdir={args.workdir}/after-{arm}-d{before_cfg.recipe.level}"] + (
         [f"gates.labels.min_probability={args.min_probability}"] if args.min_probability is not None else []))
     backend = _Backend(before.meta)
-    recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=False)
+    recipe = make_recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=False)
     started = time.perf_counter()
     gates = Gates(cfg, task, recipe.brief.must_end_with)
     directory = Path(cfg.workdir)

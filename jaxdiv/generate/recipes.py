@@ -1,5 +1,8 @@
 """Diversity recipes: (task, level D0-D6, n, seed) -> seeded prompts -> parsed, labelled rows.
 
+One class per mechanism, in the table `RECIPES` keyed by `RecipeConfig.name` (`make_recipe`
+builds one); each reads the level in one place (its `_prepare`). The base `Recipe` holds what
+they share: the real rows shown, the balanced label choice, the few-shot prompt, the parse.
 Defaults (all in `RecipeConfig`, documented in `jaxdiv generate --help`):
 
 - **topics** (study A's main mechanism): each row draws a topic from the first
@@ -29,6 +32,7 @@ never depends on other rows, and a resumed job re-plans exactly the missing rows
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import datetime
@@ -291,20 +295,25 @@ class TopicList:
 
 
 # ---------------------------------------------------------------------------
-# Planning and parsing.
+# Planning and parsing: one class per mechanism, each reading the level in one place.
 
-class Recipe:
-    """Plans row r's prompt deterministically, and parses its completion into a PoolRow."""
+class Recipe(abc.ABC):
+    """What every mechanism shares: the real rows it may show, each row's target label (balanced
+    in seeded blocks), its few-shot prompt, and the parse of its completion into a PoolRow.
+    A mechanism reads its level in `_prepare`, says what a few-shot row is about (`_subject`),
+    and may plan some rows otherwise (`plan`). Build one with `make_recipe`."""
+
+    # Whether the mechanism shows real rows even with few_shot 0 (the paraphrase sources).
+    shows_real_rows_always = False
 
     def __init__(self, cfg: RecipeConfig, sampling: SamplingConfig, task: Task, backend, seed: int,
                  n: int, progress: bool = True, real_budget: int = 0, real_subset: int = 0):
         self.cfg, self.task, self.backend, self.seed, self.n = cfg, task, backend, seed, n
         self.brief = BRIEFS.get(task.name, GENERIC_BRIEF)
         self.labels = list(task.label_names)
-        self.base_sampling = SamplingParams.from_config(sampling)
-        if "\n" not in self.base_sampling.stop:  # one example per reply: stop at the line's end
-            self.base_sampling = dataclasses.replace(self.base_sampling,
-                                                     stop=self.base_sampling.stop + ("\n",))
+        self.sampling = SamplingParams.from_config(sampling)  # every row's (temperature sets its own)
+        if "\n" not in self.sampling.stop:  # one example per reply: stop at the line's end
+            self.sampling = dataclasses.replace(self.sampling, stop=self.sampling.stop + ("\n",))
         # The real rows this generator may show: the cell's budget (`budget_rows`, the rows the
         # mixture gives the cell), unless demonstrations="all_train" asks for the leak.
         self.label_leak = label_leak(cfg, real_budget)
@@ -315,71 +324,46 @@ class Recipe:
             label: [(ids[i], texts[i]) for i in indices]
             for label, indices in budget_rows(train, len(self.labels), budget, real_subset).items()}
         missing = [self.labels[label] for label in range(len(self.labels)) if label not in self.by_label]
-        if missing and (cfg.few_shot or cfg.name == "paraphrase"):
+        if missing and (cfg.few_shot or self.shows_real_rows_always):
             raise ConfigError(f"task {task.name}: no real training rows of label(s) {missing} to show "
                               f"as demonstrations")
+        # what recipe_meta and save_topics read; the mechanisms that have them fill them in
         self.topics: list[str] = []
         self.topic_version = ""
         self.topics_dropped: list[dict[str, str]] = []  # LLM list lines that were no topic, and why
-        topic_level = {"topics": cfg.level, "paraphrase": cfg.paraphrase_base_level}.get(cfg.name)
-        if topic_level is not None:
-            count = cfg.topic_counts[topic_level]
-            if cfg.topics_file:
-                available = read_topics_file(cfg.topics_file)
-                if len(available) < count:
-                    raise ConfigError(f"recipe.topics_file: level D{topic_level} needs {count} topics, "
-                                      f"{cfg.topics_file} has {len(available)}")
-                self.topics, self.topic_version = available[:count], f"file:{Path(cfg.topics_file).name}"
-            else:
-                topic_list = TopicList(task.name, backend, seed, self.brief, cfg.topics_cache)
-                self.topics, self.topic_version = topic_list.first(count, progress), topic_list.version
-                self.topics_dropped = topic_list.dropped
         self.paraphrase_rows: set[int] = set()
-        self.paraphrase_sources: list[tuple[str, str, int]] = []
-        if cfg.name == "paraphrase":
-            rng = row_rng(seed, 0, purpose=2)  # the paraphrase plan of the whole job
-            take = int(round(cfg.paraphrase_fractions[cfg.level] * n))
-            self.paraphrase_rows = set(rng.permutation(n)[:take].tolist())
-            for k in range(cfg.paraphrase_seeds):
-                label = k % len(self.labels)
-                row_id, text = self.by_label[label][rng.integers(len(self.by_label[label]))]
-                self.paraphrase_sources.append((row_id, text, label))
+        self._prepare(progress)
+
+    @abc.abstractmethod
+    def _prepare(self, progress: bool) -> None:
+        """The mechanism's state at `cfg.level` (the level's only reader); `progress`: a bar while
+        a topic list is generated."""
 
     def _label_for(self, row: int) -> int:
         block = row // len(self.labels)
         order = row_rng(self.seed, block, purpose=1).permutation(len(self.labels))
         return int(order[row % len(self.labels)])
 
+    @abc.abstractmethod
+    def _subject(self, rng: np.random.Generator) -> tuple[str, dict[str, Any], str]:
+        """(topic or "", the row's attributes, template id) of a few-shot row, drawn after its shots."""
+
     def plan(self, row: int) -> RowPlan:
-        cfg, rng = self.cfg, row_rng(self.seed, row)
-        sampling = self.base_sampling
-        if cfg.name == "paraphrase" and row in self.paraphrase_rows:
-            source_id, source, label = self.paraphrase_sources[int(rng.integers(len(self.paraphrase_sources)))]
-            name = self.labels[label]
-            message = (f"Paraphrase this {self.brief.unit}, keeping its meaning, so that it is still "
-                       f"labelled '{name}':\n{source}\nReply with the paraphrase only.")
-            return self._plan(row, name, "", {"paraphrase_of": source_id}, [source_id], [source],
-                              "paraphrase-v1", message, sampling)
+        """Row r's few-shot prompt: a new example of its label, shown `few_shot` real ones."""
+        rng = row_rng(self.seed, row)
         label = self._label_for(row)
         name = self.labels[label]
         pool = self.by_label[label]
-        picks = rng.choice(len(pool), size=min(cfg.few_shot, len(pool)), replace=False)
+        picks = rng.choice(len(pool), size=min(self.cfg.few_shot, len(pool)), replace=False)
         shots = [pool[int(i)] for i in picks]
+        topic, attributes, template = self._subject(rng)
         # small models follow a plain-language description better than a label name
         kind = self.brief.label_hints.get(name) or f"is labelled '{name}'"
         unit = self.brief.unit
-        topic, attributes, about = "", {}, ""
-        if cfg.name == "temperature":
-            sampling = dataclasses.replace(sampling, temperature=cfg.temperatures[cfg.level])
-            template = "fewshot-v2"
-        else:
-            topic = self.topics[int(rng.integers(len(self.topics)))]
-            attributes = {"topic_set": self.topic_version, "topic_count": len(self.topics)}
-            about = f" about {topic}"
-            template = "topic-fewshot-v2"
+        about = f" about {topic}" if topic else ""
         ask = f"Write one new {unit}{about} that {kind}.\nReply with the {unit} only."
         turns: list[dict[str, str]] = []
-        if cfg.shots_as == "turns":  # each example is the assistant's answer to an earlier request
+        if self.cfg.shots_as == "turns":  # each example is the assistant's answer to an earlier request
             for _, text in shots:
                 turns += [{"role": "user", "content": f"Write one {unit} that {kind}."},
                           {"role": "assistant", "content": text}]
@@ -388,12 +372,12 @@ class Recipe:
         else:
             message = "\n".join([f"Here are some {unit}s that each {kind}:", *(t for _, t in shots), "", ask])
         return self._plan(row, name, topic, attributes, [i for i, _ in shots], [t for _, t in shots],
-                          template, message, sampling, turns)
+                          template, message, turns)
 
-    def _plan(self, row, label, topic, attributes, shot_ids, shot_texts, template, message, sampling,
-              turns=()):
+    def _plan(self, row, label, topic, attributes, shot_ids, shot_texts, template, message, turns=()):
         messages = ({"role": "system", "content": SYSTEM}, *turns, {"role": "user", "content": message})
-        request = Request(row_id=row, messages=messages, sampling=sampling, seed=row_seed(self.seed, row))
+        request = Request(row_id=row, messages=messages, sampling=self.sampling,
+                          seed=row_seed(self.seed, row))
         return RowPlan(row=row, request=request, intended_label=label, topic=topic,
                        attributes=attributes, few_shot_ids=shot_ids, few_shot_texts=shot_texts,
                        template_id=template, prompt=message)
@@ -455,6 +439,90 @@ class Recipe:
         if normalise(text) in {normalise(t) for t in plan.few_shot_texts}:
             return text, parsed, "copies a few-shot example"
         return text, parsed, ""
+
+
+class TopicsRecipe(Recipe):
+    """Each row is about a topic drawn from the first `topic_counts[level]` of the task's list."""
+
+    def _prepare(self, progress: bool) -> None:
+        self._load_topics(self.cfg.level, progress)
+
+    def _load_topics(self, level: int, progress: bool) -> None:
+        """The first `topic_counts[level]` topics of `topics_file`, or of the LLM's cached list."""
+        cfg, count = self.cfg, self.cfg.topic_counts[level]
+        if cfg.topics_file:
+            available = read_topics_file(cfg.topics_file)
+            if len(available) < count:
+                raise ConfigError(f"recipe.topics_file: level D{level} needs {count} topics, "
+                                  f"{cfg.topics_file} has {len(available)}")
+            self.topics, self.topic_version = available[:count], f"file:{Path(cfg.topics_file).name}"
+        else:
+            topic_list = TopicList(self.task.name, self.backend, self.seed, self.brief, cfg.topics_cache)
+            self.topics, self.topic_version = topic_list.first(count, progress), topic_list.version
+            self.topics_dropped = topic_list.dropped
+
+    def _subject(self, rng: np.random.Generator) -> tuple[str, dict[str, Any], str]:
+        topic = self.topics[int(rng.integers(len(self.topics)))]
+        attributes = {"topic_set": self.topic_version, "topic_count": len(self.topics)}
+        return topic, attributes, "topic-fewshot-v2"
+
+
+class ParaphraseRecipe(TopicsRecipe):
+    """A share `paraphrase_fractions[level]` of the n rows, chosen by a seeded permutation, are
+    paraphrases of `paraphrase_seeds` real rows; the rest are topic rows at
+    `paraphrase_base_level`. Its plans depend on n (the permutation's length)."""
+
+    shows_real_rows_always = True
+
+    def _prepare(self, progress: bool) -> None:
+        cfg = self.cfg
+        self._load_topics(cfg.paraphrase_base_level, progress)
+        rng = row_rng(self.seed, 0, purpose=2)  # the paraphrase plan of the whole job
+        take = int(round(cfg.paraphrase_fractions[cfg.level] * self.n))
+        self.paraphrase_rows = set(rng.permutation(self.n)[:take].tolist())
+        self.paraphrase_sources: list[tuple[str, str, int]] = []
+        for k in range(cfg.paraphrase_seeds):
+            label = k % len(self.labels)
+            row_id, text = self.by_label[label][rng.integers(len(self.by_label[label]))]
+            self.paraphrase_sources.append((row_id, text, label))
+
+    def plan(self, row: int) -> RowPlan:
+        if row not in self.paraphrase_rows:
+            return super().plan(row)
+        rng = row_rng(self.seed, row)
+        sources = self.paraphrase_sources
+        source_id, source, label = sources[int(rng.integers(len(sources)))]
+        name = self.labels[label]
+        message = (f"Paraphrase this {self.brief.unit}, keeping its meaning, so that it is still "
+                   f"labelled '{name}':\n{source}\nReply with the paraphrase only.")
+        return self._plan(row, name, "", {"paraphrase_of": source_id}, [source_id], [source],
+                          "paraphrase-v1", message)
+
+
+class TemperatureRecipe(Recipe):
+    """Few-shot rows without a topic, sampled at temperature `temperatures[level]`."""
+
+    def _prepare(self, progress: bool) -> None:
+        temperature = self.cfg.temperatures[self.cfg.level]
+        self.sampling = dataclasses.replace(self.sampling, temperature=temperature)
+
+    def _subject(self, rng: np.random.Generator) -> tuple[str, dict[str, Any], str]:
+        return "", {}, "fewshot-v2"
+
+
+# The generator recipes by `RecipeConfig.name`. Study A's other diversity axis, `select`, is no
+# generator recipe: the study generates one pool at `grid.select_level` with one of these and
+# selects subsets of it to set diversities (jaxdiv/mix/select.py, jaxdiv/study/runner.py).
+RECIPES: dict[str, type[Recipe]] = {
+    "topics": TopicsRecipe, "paraphrase": ParaphraseRecipe, "temperature": TemperatureRecipe}
+
+
+def make_recipe(cfg: RecipeConfig, sampling: SamplingConfig, task: Task, backend, seed: int, n: int,
+                progress: bool = True, real_budget: int = 0, real_subset: int = 0) -> Recipe:
+    """The recipe `cfg.name` names, planning `n` rows of `task` from `seed`. The real rows it shows
+    are the cell's: `real_budget` per class of real subset `real_subset` (0: the whole split)."""
+    return RECIPES[cfg.name](cfg, sampling, task, backend, seed, n, progress=progress,
+                             real_budget=real_budget, real_subset=real_subset)
 
 
 def save_topics(recipe: Recipe, directory: str | Path) -> None:

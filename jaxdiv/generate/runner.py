@@ -12,7 +12,7 @@ from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import load_task
 from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.generate.gates import Gates
-from jaxdiv.generate.recipes import Recipe, label_leak, recipe_meta, save_topics
+from jaxdiv.generate.recipes import label_leak, make_recipe, recipe_meta, save_topics
 from jaxdiv.io import atomic_write_text
 
 
@@ -48,8 +48,8 @@ def run_generate(cfg: GenerateConfig, backend=None, progress: bool = True) -> Po
             mesh = make_mesh(cfg.mesh)
         backend = make_backend(cfg, mesh=mesh)
     workdir = Path(cfg.workdir)
-    recipe = Recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=progress,
-                    real_budget=cfg.real_budget, real_subset=cfg.real_subset)
+    recipe = make_recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=progress,
+                         real_budget=cfg.real_budget, real_subset=cfg.real_subset)
     gates = Gates(cfg, task, recipe.brief.must_end_with)
     pool = Pool.create(workdir, pool_meta(cfg, task, backend, gates))
     configlib.save_config(cfg, workdir)

@@ -8,7 +8,8 @@ import pytest
 from jaxdiv.configlib import ConfigError
 from jaxdiv.generate.backends import OpenAIBackend
 from jaxdiv.generate.config import OpenAIBackendConfig, RecipeConfig, SamplingConfig
-from jaxdiv.generate.recipes import Recipe, clean_topic_lines, read_topics_file, row_seed
+from jaxdiv.generate.recipes import (RECIPES, clean_topic_lines, make_recipe, read_topics_file, recipe_meta,
+                                     row_seed)
 from jaxdiv.generate.sampler import Completion
 
 # a real backend object; recipes planned from a topics file never call it
@@ -24,8 +25,8 @@ def topics_file(tmp_path_factory):
 
 def _recipe(trec_task, topics_file, n=60, real_budget=0, real_subset=0, **overrides):
     cfg = RecipeConfig(topics_file=str(topics_file), **overrides)
-    return Recipe(cfg, SamplingConfig(), trec_task, BACKEND, seed=5, n=n, progress=False,
-                  real_budget=real_budget, real_subset=real_subset)
+    return make_recipe(cfg, SamplingConfig(), trec_task, BACKEND, seed=5, n=n, progress=False,
+                       real_budget=real_budget, real_subset=real_subset)
 
 
 def test_topic_plans_are_seeded_balanced_and_use_the_level_topic_set(trec_task, topics_file):
@@ -124,6 +125,17 @@ def test_topic_parsing_skips_headers_numbering_and_sentences():
     assert [d["reason"] for d in dropped] == ["chatter", "chatter"]
 
 
+def test_the_table_builds_one_class_per_mechanism_and_temperature_sets_the_sampling(trec_task, topics_file):
+    for name, mechanism in RECIPES.items():
+        RecipeConfig(name=name).check()  # each name in the table is one the config accepts
+        assert type(_recipe(trec_task, topics_file, name=name, level=2)) is mechanism
+    recipe = _recipe(trec_task, topics_file, name="temperature", level=5)
+    plans = [recipe.plan(r) for r in range(12)]
+    assert {p.request.sampling.temperature for p in plans} == {1.1}  # temperatures[5]
+    assert all(p.topic == "" and p.template_id == "fewshot-turns-v1" for p in plans)
+    assert recipe.topics == [] and recipe_meta(recipe)["topic_count"] == 0
+
+
 def _budget_ids(task, budget, subset):
     from jaxdiv.data.tasks import budget_rows
 
@@ -158,7 +170,6 @@ def test_demonstrations_come_from_the_cells_budget(trec_task, topics_file):
 def test_all_train_demonstrations_are_a_recorded_leak(trec_task, topics_file, tmp_path):
     from jaxdiv.configlib import apply_overrides
     from jaxdiv.generate.config import GenerateConfig
-    from jaxdiv.generate.recipes import recipe_meta
     from jaxdiv.generate.runner import pool_meta
 
     budget_ids = set().union(*_budget_ids(trec_task, 8, 3).values())

@@ -12,7 +12,7 @@ from jaxdiv.data.pool import normalise
 from jaxdiv.generate import recipes
 from jaxdiv.generate.backends import JaxBackend, OpenAIBackend
 from jaxdiv.generate.config import OpenAIBackendConfig, RecipeConfig, SamplingConfig
-from jaxdiv.generate.recipes import (BRIEFS, TOPICS_VERSION, Recipe, TopicList, clean_topic_lines,
+from jaxdiv.generate.recipes import (BRIEFS, TOPICS_VERSION, TopicList, clean_topic_lines, make_recipe,
                                      save_topics, topic_rejection)
 from jaxdiv.generate.sampler import GenerationError
 
@@ -130,7 +130,7 @@ def test_topic_list_generates_until_the_count_of_clean_topics(jax_backend, topic
     # the pool's topics.json: the topics its rows draw from, and what was dropped and why
     cfg = RecipeConfig(name="topics", level=1, topic_counts=(1, 5, 20, 100, 1000, 5000, 10000),
                        topics_cache=str(topics_cache))
-    recipe = Recipe(cfg, SamplingConfig(), _task("trec"), jax_backend, seed=0, n=6, progress=False)
+    recipe = make_recipe(cfg, SamplingConfig(), _task("trec"), jax_backend, seed=0, n=6, progress=False)
     save_topics(recipe, topics_cache / "pool")
     saved = json.loads((topics_cache / "pool" / "topics.json").read_text())
     assert saved == {"topic_set": f"llm-v3:{topic_list.path.stem}", "topics": topics[:5],
