@@ -13,7 +13,7 @@ the `llama` architecture store Q and K rows permuted for llama.cpp's interleaved
 `_unpermute_rope` undoes that at load time.
 
 The tokenizer module reads GGUF metadata through `gguf_field` and raises `CheckpointError`,
-so this module imports it only inside the functions that build one.
+so this module imports it only inside `load_pretrained`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ def read_safetensors(file: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from err
 
 
-def checked_arrays(params: list[tuple[tuple, Any]], weights: Mapping[str, np.ndarray],
+def checked_arrays(params: Iterable[tuple[tuple, Any]], weights: Mapping[str, np.ndarray],
                    hf_key: Callable[[tuple], tuple[str, bool]], source: str | Path
                    ) -> Iterator[tuple[tuple, Any, np.ndarray]]:
     """(path, variable, array) for each (path, variable) of `params` (a flat NNX state): its HF
