@@ -53,7 +53,7 @@ def jax_runner(gguf, batch: int, new_tokens: int, sampling: bool, dtype: str = "
     import jax.numpy as jnp
 
     from jaxdiv.generate.sampler import JaxGenerator, Request, SamplingParams
-    from jaxdiv.models.llama import load_pretrained
+    from jaxdiv.models.checkpoints import load_pretrained
 
     if dtype not in jax_runner.models:
         jax_runner.models[dtype] = load_pretrained(gguf, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))

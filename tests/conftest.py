@@ -50,7 +50,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf):
     """(model, tokenizer) of SmolLM2-135M-Instruct, dequantised from the packaged GGUF, loaded once."""
-    from jaxdiv.models.llama import load_pretrained
+    from jaxdiv.models.checkpoints import load_pretrained
 
     return load_pretrained(smollm2_gguf)
 

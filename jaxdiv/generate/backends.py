@@ -42,7 +42,7 @@ class JaxBackend:
     def load(cls, cfg: JaxBackendConfig, mesh=None, rules=None) -> "JaxBackend":
         import jax.numpy as jnp
 
-        from jaxdiv.models.llama import load_pretrained, resolve_checkpoint, weights_hash
+        from jaxdiv.models.checkpoints import load_pretrained, resolve_checkpoint, weights_hash
 
         path = resolve_checkpoint(cfg.model)
         dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]

@@ -6,9 +6,10 @@ optionally frozen). Every parameter carries logical axis names (`vocab`, `embed`
 `mlp`) that the mesh config's `logical_axis_rules` map onto the (data, fsdp, tensor) mesh.
 
 Weights: `load_bert_encoder(dir)` / `load_bert_classifier(dir, num_labels)` read
-`config.json` and `model.safetensors` from a folder. Keys may carry a `bert.` prefix
-(`BertForSequenceClassification` checkpoints) or not (sentence-transformers exports);
-`embeddings.position_ids` buffers are ignored. Dropout is functional: pass a PRNG key
+`config.json` and `model.safetensors` from a folder, through the readers the decoder shares
+(`jaxdiv.models.checkpoints`; a bad file raises its `CheckpointError`). Keys may carry a
+`bert.` prefix (`BertForSequenceClassification` checkpoints) or not (sentence-transformers
+exports); `embeddings.position_ids` buffers are ignored. Dropout is functional: pass a PRNG key
 to `__call__` to enable it, none for deterministic evaluation.
 """
 
@@ -24,12 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiv.errors import JaxdivError
+from jaxdiv.configlib import ConfigError
 from jaxdiv.models.attention import dot_product_attention, dropout, fold_heads
-
-
-class WeightsError(JaxdivError, ValueError):
-    """A weights file or model config is missing, malformed or does not fit the model."""
+from jaxdiv.models.checkpoints import HF_LEAF_NAMES, CheckpointError, checked_arrays, read_safetensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,21 +56,21 @@ class BertConfig:
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise WeightsError(f"BERT config {path} does not exist")
+            raise CheckpointError(f"BERT config {path} does not exist")
         data = json.loads(path.read_text())
         if data.get("hidden_act", "gelu") != "gelu":
-            raise WeightsError(f"{path}: hidden_act {data['hidden_act']!r} is not supported (only 'gelu')")
+            raise CheckpointError(f"{path}: hidden_act {data['hidden_act']!r} is not supported (only 'gelu')")
         if data.get("position_embedding_type", "absolute") != "absolute":
-            raise WeightsError(f"{path}: only absolute position embeddings are supported")
+            raise CheckpointError(f"{path}: only absolute position embeddings are supported")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = [n for n in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                "intermediate_size") if n not in data]
         if missing:
-            raise WeightsError(f"{path}: missing keys {missing}")
+            raise CheckpointError(f"{path}: missing keys {missing}")
         cfg = cls(**{k: v for k, v in data.items() if k in names})
         if cfg.hidden_size % cfg.num_attention_heads:
-            raise WeightsError(f"{path}: hidden_size {cfg.hidden_size} is not divisible by "
-                               f"num_attention_heads {cfg.num_attention_heads}")
+            raise CheckpointError(f"{path}: hidden_size {cfg.hidden_size} is not divisible by "
+                                  f"num_attention_heads {cfg.num_attention_heads}")
         return cfg
 
 
@@ -162,8 +160,8 @@ class BertEncoder(nnx.Module):
         """Word + position + token-type embeddings, LayerNorm and dropout: (batch, length, hidden)."""
         length = input_ids.shape[1]
         if length > self.cfg.max_position_embeddings:
-            raise WeightsError(f"sequence length {length} exceeds max_position_embeddings "
-                               f"{self.cfg.max_position_embeddings}")
+            raise ConfigError(f"sequence length {length} exceeds max_position_embeddings "
+                              f"{self.cfg.max_position_embeddings}")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
@@ -222,7 +220,7 @@ class BertClassifier(nnx.Module):
     def __init__(self, cfg: BertConfig, num_labels: int, *, frozen_layers: int = 0,
                  dtype: Any = jnp.float32, rngs: nnx.Rngs):
         if not 0 <= frozen_layers <= cfg.num_hidden_layers:
-            raise WeightsError(f"frozen_layers={frozen_layers} must be in [0, {cfg.num_hidden_layers}]")
+            raise ConfigError(f"frozen_layers={frozen_layers} must be in [0, {cfg.num_hidden_layers}]")
         self.cfg = cfg
         self.num_labels = num_labels
         self.frozen_layers = frozen_layers
@@ -281,7 +279,6 @@ _EMBEDDING_KEYS = {
     "word_embeddings": "embeddings.word_embeddings", "position_embeddings": "embeddings.position_embeddings",
     "token_type_embeddings": "embeddings.token_type_embeddings", "embeddings_norm": "embeddings.LayerNorm",
 }
-_LEAF_KEYS = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
 
 
 def _hf_key(path: tuple[Any, ...]) -> tuple[str, bool]:
@@ -291,36 +288,19 @@ def _hf_key(path: tuple[Any, ...]) -> tuple[str, bool]:
         module = f"encoder.layer.{path[1]}.{_LAYER_KEYS[path[2]]}"
     else:
         module = _EMBEDDING_KEYS[path[0]]
-    return f"{module}.{_LEAF_KEYS[leaf]}", leaf == "kernel"
+    return f"{module}.{HF_LEAF_NAMES[leaf]}", leaf == "kernel"
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    try:
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+def _read_tensors(file: Path) -> dict[str, np.ndarray]:
     # Accept both layouts: sentence-transformers exports (no prefix) and BertFor* checkpoints.
-    return {k.removeprefix("bert."): v for k, v in tensors.items()}
+    return {k.removeprefix("bert."): v for k, v in read_safetensors(file).items()}
 
 
-def _fill(module: nnx.Module, tensors: dict[str, np.ndarray], key_of, source: Path) -> set[str]:
-    """Copy tensors into the module's params in place; returns the keys used."""
-    used = set()
-    for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-        key, transpose = key_of(tuple(path))
-        if key not in tensors:
-            raise WeightsError(f"{source}: missing tensor {key!r} (for param {'/'.join(map(str, path))})")
-        value = tensors[key].T if transpose else tensors[key]
-        if value.shape != variable.get_value().shape:
-            raise WeightsError(f"{source}: tensor {key!r} has shape {value.shape}, the model expects "
-                               f"{variable.get_value().shape}")
-        variable.set_value(jnp.asarray(value, jnp.float32))
-        used.add(key)
-    return used
+def _fill(module: nnx.Module, tensors: dict[str, np.ndarray], key_of, source: Path) -> None:
+    """Copy tensors into the module's params in place."""
+    params = nnx.to_flat_state(nnx.state(module, nnx.Param))
+    for _, variable, array in checked_arrays(params, tensors, key_of, source):
+        variable.set_value(jnp.asarray(array, jnp.float32))
 
 
 def _weights_file(directory: str | Path) -> Path:
@@ -333,7 +313,7 @@ def load_bert_encoder(directory: str | Path, *, dtype: Any = jnp.float32, seed: 
     weights = _weights_file(directory)
     cfg = BertConfig.from_json(weights.parent)
     encoder = BertEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
-    tensors = _read_safetensors(weights)
+    tensors = _read_tensors(weights)
     _fill(encoder, tensors, _hf_key, weights)
     return encoder
 
@@ -362,7 +342,7 @@ def load_bert_classifier(directory: str | Path, num_labels: int, *, frozen_layer
     # Built abstract (no random init of ~22M params that the checkpoint overwrites), then filled.
     model = nnx.eval_shape(lambda: BertClassifier(cfg, num_labels, frozen_layers=frozen_layers, dtype=dtype,
                                                   rngs=nnx.Rngs(0)))
-    tensors = _read_safetensors(weights)
+    tensors = _read_tensors(weights)
     _fill(model.encoder, tensors, _hf_key, weights)
     pooler, classifier = _seeded_head(cfg, num_labels, dtype, seed)
     nnx.update(model.pooler, pooler)
@@ -370,7 +350,7 @@ def load_bert_classifier(directory: str | Path, num_labels: int, *, frozen_layer
     for name, prefix in (("pooler", "pooler.dense"), ("classifier", "classifier")):
         if f"{prefix}.weight" in tensors:
             _fill(getattr(model, name), tensors,
-                  lambda path, p=prefix: (f"{p}.{_LEAF_KEYS[path[-1]]}", path[-1] == "kernel"), weights)
+                  lambda path, p=prefix: (f"{p}.{HF_LEAF_NAMES[path[-1]]}", path[-1] == "kernel"), weights)
     return model
 
 
@@ -385,7 +365,7 @@ def load_tokenizer(directory: str | Path):
     path = Path(directory)
     path = path if path.suffix == ".json" else path / "tokenizer.json"
     if not path.is_file():
-        raise WeightsError(f"tokenizer file {path} does not exist")
+        raise CheckpointError(f"tokenizer file {path} does not exist")
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
     tokenizer.no_truncation()

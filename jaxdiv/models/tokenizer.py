@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from jaxdiv.models.llama import CheckpointError, gguf_field
+from jaxdiv.models.checkpoints import CheckpointError, gguf_field
 
 # gguf token types (llama.cpp's llama_token_type)
 _TOKEN_TYPE_CONTROL = 3

@@ -16,7 +16,7 @@ generated further (a pool's identity leaves out n, so it keeps its rows), up to
 grid.max_pool_rows, and then grid.short_pools decides (an error, or shrink: recorded per row).
 
 Every stage's output is stored under the study directory, keyed by a content hash of
-everything it depends on. Re-running a finished study only rewrites the tables and the
+everything it depends on (`jaxdiv.study.cache`). Re-running a finished study only rewrites the tables and the
 report; adding a level, proportion, budget or seed computes only the new pools and
 cells; a killed study resumes (pools resume row by row, training groups resume from
 their orbax checkpoints, finished cells are never trained again).
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import re
 import time
@@ -51,6 +50,7 @@ from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.io import atomic_write_bytes, atomic_write_text
 from jaxdiv.mix.mixture import Cell, Mixture, build_mixture
 from jaxdiv.report.report import write_report
+from jaxdiv.study.cache import content_key, read_json, write_json
 from jaxdiv.study.config import StudyConfig
 
 RESULT_FILE = "results.parquet"
@@ -61,19 +61,6 @@ REAL_ONLY = "real-only"
 
 class StudyError(JaxdivError, ValueError):
     """The grid cannot be filled as configured; the message names the cell, level and class."""
-
-
-def _key(*parts: Any) -> str:
-    """Content hash of configs and values: the cache key of a stage's output."""
-    return configlib.content_hash([configlib.to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts])
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, default=float))
 
 
 # ---------------------------------------------------------------------------
@@ -147,7 +134,7 @@ def ensure_pools(cfg: StudyConfig, task: Task, workdir: Path, progress: bool) ->
         need = synthetic_need(cfg, task, replicate.budget)
         for level, rows in planned.items():
             settings = generation_config(cfg, level, replicate, rows, "")
-            key = _key({k: v for k, v in configlib.to_dict(settings).items() if k != "n"})
+            key = content_key({k: v for k, v in configlib.to_dict(settings).items() if k != "n"})
             directory = workdir / "pools" / f"D{level}-{replicate.name()}-{key}"
             while rows:
                 if not Pool.is_complete(directory, rows):
@@ -211,12 +198,12 @@ class Scorer:
         cfg = dataclasses.replace(self.cfg, bootstrap=dataclasses.replace(self.cfg.bootstrap, samples=bootstrap))
         left_out = ({"rejected": pool.counts()["rejected"], "parse_failures": pool.parse_failures(),
                      "rejections": pool.reasons()} if pool is not None else {})
-        path = self.directory / f"{_key(cfg, sorted(zip(texts, labels)), left_out)}.json"
-        if (cached := _read_json(path)) is not None:
+        path = self.directory / f"{content_key(cfg, sorted(zip(texts, labels)), left_out)}.json"
+        if (cached := read_json(path)) is not None:
             return cached
         report = score_pool(texts, labels, real=self.task, cfg=cfg, embedder=self.embedder, **left_out,
                             progress=progress)
-        _write_json(path, report)
+        write_json(path, report)
         return report
 
 
@@ -240,7 +227,7 @@ class Source:
     @property
     def rows_key(self) -> str:
         """Content hash of exactly the rows the cells draw on."""
-        return _key(self.key, sorted(self.rows["id"]))
+        return content_key(self.key, sorted(self.rows["id"]))
 
 
 def equal_n(cfg: StudyConfig, task: Task, slots: list[PoolSlot]) -> tuple[tuple[int, ...], str]:
@@ -304,19 +291,19 @@ def selected_sources(cfg: StudyConfig, task: Task, slot: PoolSlot, per_class: tu
     from jaxdiv.mix.select import SELECT_METRIC, select_subsets
 
     accepted = slot.pool.accepted()
-    key = _key(slot.key, sorted(accepted["id"]), per_class, cfg.grid.select_positions, SELECT_METRIC,
-               cfg.score.embedder, cfg.score.diversity)
+    key = content_key(slot.key, sorted(accepted["id"]), per_class, cfg.grid.select_positions, SELECT_METRIC,
+                      cfg.score.embedder, cfg.score.diversity)
     path = workdir / "selections" / f"{key}.json"
-    if (made := _read_json(path)) is None:
+    if (made := read_json(path)) is None:
         embeddings = scorer.embedder.embed(accepted["text"], progress=progress)
         subsets = select_subsets(embeddings, accepted["label"], task.label_names, per_class,
                                  cfg.grid.select_positions, SELECT_METRIC, cfg.score.diversity)
         made = {"subsets": [{"name": s.name, "position": s.position, "measured": s.measured,
                              "ids": [accepted["id"][i] for i in s.indices], "per_class": s.per_class}
                             for s in subsets]}
-        _write_json(path, made)
+        write_json(path, made)
     index = {row_id: i for i, row_id in enumerate(accepted["id"])}
-    return [Source(subset["name"], "select", slot.replicate, slot, _key(key, subset["position"]),
+    return [Source(subset["name"], "select", slot.replicate, slot, content_key(key, subset["position"]),
                    accepted.select(sorted(index[i] for i in subset["ids"])), per_class, fallback,
                    {"select_position": subset["position"], "select_metric": SELECT_METRIC,
                     "select_measured": subset["measured"]})
@@ -399,9 +386,9 @@ class PlannedCell:
 
 def plan_cells(cfg: StudyConfig, sources: list[Source]) -> list[PlannedCell]:
     grid = cfg.grid
-    base = _key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score,
-                *([list(cfg.test_domains)] if cfg.test_domains else []))  # keys without domains unchanged
-    planned = [PlannedCell(cell, None, _key(base, REAL_ONLY, dataclasses.asdict(cell)))
+    base = content_key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score,
+                       *([list(cfg.test_domains)] if cfg.test_domains else []))  # keys without domains unchanged
+    planned = [PlannedCell(cell, None, content_key(base, REAL_ONLY, dataclasses.asdict(cell)))
                for budget in grid.budgets for subset in grid.subsets for seed in grid.seeds
                if 0.0 in grid.proportions
                for cell in [Cell(budget or None, 0.0, seed, subset)]]  # the protocol does not matter at 0
@@ -412,7 +399,8 @@ def plan_cells(cfg: StudyConfig, sources: list[Source]) -> list[PlannedCell]:
                 for seed in grid.seeds:
                     cell = Cell(source.replicate.budget or None, float(proportion), seed, source.replicate.subset,
                                 protocol, cap)
-                    planned.append(PlannedCell(cell, source, _key(base, source.rows_key, dataclasses.asdict(cell))))
+                    key = content_key(base, source.rows_key, dataclasses.asdict(cell))
+                    planned.append(PlannedCell(cell, source, key))
     return planned
 
 
@@ -430,7 +418,7 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
     for item in tqdm(planned, desc="mix + score cells", unit="cell", disable=not progress):
         if item.key in results or item.key in todo:
             continue  # equal cells (e.g. two sources with the same rows)
-        if (done := _read_json(cells_dir / f"{item.key}.json")) is not None:
+        if (done := read_json(cells_dir / f"{item.key}.json")) is not None:
             results[item.key] = done
             continue
         synthetic = no_synthetic if item.source is None else item.source.rows
@@ -448,7 +436,7 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
         if progress:
             print(f"train group {number}/{len(groups)}: {len(group)} cells, "
                   f"{group[0][1].rows.num_rows} rows each", flush=True)
-        group_key = _key([item.key for item, _, _ in group])
+        group_key = content_key([item.key for item, _, _ in group])
         runs = [RunSpec(train_rows=mixture.rows, seed=item.cell.seed, name=item.key)
                 for item, mixture, _ in group]
         train_cfg = dataclasses.replace(cfg.train, task=cfg.task)
@@ -462,7 +450,7 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
                       "test_domains": domain_results(cfg, outcome["eval"]),
                       "steps": outcome["steps"], "train_seconds": seconds,
                       "data_metrics": metric_columns(report, "data_")}
-            _write_json(cells_dir / f"{item.key}.json", result)
+            write_json(cells_dir / f"{item.key}.json", result)
             results[item.key] = result
     return results
 
@@ -563,5 +551,5 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     started = time.perf_counter()
     report = write_report(workdir)
     timed("report", started)
-    _write_json(workdir / "timings.json", timings)
+    write_json(workdir / "timings.json", timings)
     return report

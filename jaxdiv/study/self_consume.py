@@ -13,9 +13,10 @@ generator. Round 0 is the same in every chain: its pool, scores and classifiers 
 
 Every stage is cached under the workdir by a content hash of all it depends on: a generator's
 key chains its parent's key, the key of the pool it was fine-tuned on and the SFT settings; a
-pool's key is its generation settings and its generator's key. A killed run resumes (a pool row
-by row, an SFT from its orbax checkpoint, finished stages never again) and a finished run only
-rewrites the table and the report.
+pool's key is its generation settings and its generator's key (`jaxdiv.study.cache`, shared with
+the study). A killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished
+stages never again) and a finished run only rewrites the table and the report
+(`jaxdiv.report.self_consume`).
 
     workdir/generators/G{t}-{chain}-{key}/   HF checkpoints (safetensors, config, tokenizer)
     workdir/pools/round{t}-{key}/            pools (rows record their generator id and weights hash)
@@ -42,10 +43,10 @@ from jaxdiv import configlib
 from jaxdiv.data.pool import ACCEPTED, Pool
 from jaxdiv.data.tasks import Task, load_task
 from jaxdiv.errors import JaxdivError
-from jaxdiv.io import atomic_write_text
+from jaxdiv.report.self_consume import write_report
+from jaxdiv.study.cache import content_key, read_json, write_json
 from jaxdiv.study.config import SelfConsumeConfig
-from jaxdiv.study.runner import (Scorer, _key, _read_json, _write_json, make_generator_backend, metric_columns,
-                                 write_table)
+from jaxdiv.study.runner import Scorer, make_generator_backend, metric_columns, write_table
 
 RESULT_FILE = "results.parquet"
 REAL_DRAW, EVAL_DRAW = 1, 2  # purposes of the seeded real-row draws
@@ -76,10 +77,10 @@ class RoundPool:
 # Generate.
 
 def base_generator(cfg: SelfConsumeConfig) -> Generator:
-    from jaxdiv.models.llama import resolve_checkpoint, weights_hash
+    from jaxdiv.models.checkpoints import resolve_checkpoint, weights_hash
 
     path = resolve_checkpoint(cfg.generate.jax.model)
-    return Generator(0, _key("base", weights_hash(path)), path)
+    return Generator(0, content_key("base", weights_hash(path)), path)
 
 
 def generation_config(cfg: SelfConsumeConfig, generator: Generator, directory: str):
@@ -90,7 +91,7 @@ def generation_config(cfg: SelfConsumeConfig, generator: Generator, directory: s
 
 def pool_key(cfg: SelfConsumeConfig, generator: Generator) -> str:
     settings = generation_config(cfg, generator, "")
-    return _key(dataclasses.replace(settings, jax=dataclasses.replace(settings.jax, model="")), generator.key)
+    return content_key(dataclasses.replace(settings, jax=dataclasses.replace(settings.jax, model="")), generator.key)
 
 
 def ensure_pool(cfg: SelfConsumeConfig, generator: Generator, workdir: Path, progress: bool) -> RoundPool:
@@ -106,13 +107,13 @@ def ensure_pool(cfg: SelfConsumeConfig, generator: Generator, workdir: Path, pro
         backend = make_generator_backend(settings)
         run_generate(settings, backend=backend, progress=progress)
         del backend  # free the generator's weights before the next stage
-        _write_json(timing, {"seconds": time.perf_counter() - started})
+        write_json(timing, {"seconds": time.perf_counter() - started})
     pool = Pool.open(directory)
     accepted = [row for row in pool.rows() if row["status"] == ACCEPTED]
     if len(accepted) < 2:
         raise SelfConsumeError(f"round {generator.round}: pool {directory} has {len(accepted)} accepted rows "
                                f"of {len(pool)}; scoring and fine-tuning need at least 2 (raise chains.pool_rows)")
-    return RoundPool(key, pool, accepted, (_read_json(timing) or {}).get("seconds", math.nan))
+    return RoundPool(key, pool, accepted, (read_json(timing) or {}).get("seconds", math.nan))
 
 
 # ---------------------------------------------------------------------------
@@ -169,19 +170,19 @@ def generator_key(cfg: SelfConsumeConfig, chain: str, parent: Generator, pool: R
     settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, checkpoint=""),
                                    log=type(settings.log)(), checkpoint=type(settings.checkpoint)())
     mixing = {"real_fraction": cfg.chains.real_fraction} if chain == "mix_real" else {}
-    return _key(parent.key, pool.key, settings, chain, mixing)
+    return content_key(parent.key, pool.key, settings, chain, mixing)
 
 
 def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent: Generator, pool: RoundPool,
                           eval_rows: list[dict[str, Any]], workdir: Path) -> tuple[Generator, dict]:
     """G_{t+1} of a chain and its SFT record, fine-tuning only when it is not stored yet."""
-    from jaxdiv.models.llama import save_hf_checkpoint
+    from jaxdiv.models.checkpoints import save_hf_checkpoint
     from jaxdiv.train.sft import train_sft
 
     key = generator_key(cfg, chain, parent, pool)
     directory = workdir / "generators" / f"G{parent.round + 1}-{chain}-{key}"
     run_dir = workdir / "sft" / key
-    record = _read_json(run_dir / "round.json")
+    record = read_json(run_dir / "round.json")
     if record is None or not (directory / "model.safetensors").is_file():
         synthetic = [{"prompt": row["prompt"], "response": row["text"]} for row in pool.accepted]
         real = mixed_real_rows(cfg, task, chain, parent.round, pool)
@@ -191,7 +192,7 @@ def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent
         record = {"steps": result["steps"], "train_loss": result["train"].get("loss", math.nan),
                   "heldout_real_loss": result["eval"]["loss"], "seconds": time.perf_counter() - started,
                   "synthetic_rows": len(synthetic), "real_rows": len(real), "parent": str(parent.path)}
-        _write_json(run_dir / "round.json", record)
+        write_json(run_dir / "round.json", record)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the generator dir holds the weights
     return Generator(parent.round + 1, key, directory), record
 
@@ -215,19 +216,19 @@ def train_round_classifiers(cfg: SelfConsumeConfig, task: Task, cells: dict[str,
     together in one vmapped program."""
     from jaxdiv.train.runs import RunSpec, train_classifier_runs
 
-    results = {key: done for key in cells if (done := _read_json(workdir / "cells" / f"{key}.json"))}
+    results = {key: done for key in cells if (done := read_json(workdir / "cells" / f"{key}.json"))}
     todo = [key for key in cells if key not in results]
     if todo:
         runs = [RunSpec(train_rows=cells[key][0], seed=cells[key][1], name=key) for key in todo]
         started = time.perf_counter()
         outcomes = train_classifier_runs(dataclasses.replace(cfg.train, task=cfg.task), runs,
-                                         {"test": task.splits["test"]}, workdir / "train" / _key(todo),
+                                         {"test": task.splits["test"]}, workdir / "train" / content_key(todo),
                                          label_names=task.label_names)
         seconds = (time.perf_counter() - started) / len(todo)
         for key, outcome in zip(todo, outcomes):
             results[key] = {"test": outcome["eval"]["test"], "steps": outcome["steps"],
                             "rows": outcome["num_rows"], "train_seconds": seconds}
-            _write_json(workdir / "cells" / f"{key}.json", results[key])
+            write_json(workdir / "cells" / f"{key}.json", results[key])
     return results
 
 
@@ -243,7 +244,7 @@ def run_self_consumption(cfg: SelfConsumeConfig, progress: bool = True) -> Path:
     generators = dict.fromkeys(chains, base_generator(cfg))
     records: list[dict[str, Any]] = []
     eval_rows: list[dict[str, Any]] = []
-    cell_base = _key(cfg.task, dataclasses.replace(cfg.train, workdir="", seed=0, log=type(cfg.train.log)()))
+    cell_base = content_key(cfg.task, dataclasses.replace(cfg.train, workdir="", seed=0, log=type(cfg.train.log)()))
     for round_ in tqdm(range(cfg.chains.rounds), desc="self-consumption rounds", unit="round", disable=not progress):
         pools = {chain: ensure_pool(cfg, generators[chain], workdir, progress) for chain in chains}
         reports, cells, row_cells = {}, {}, {}
@@ -254,7 +255,7 @@ def run_self_consumption(cfg: SelfConsumeConfig, progress: bool = True) -> Path:
                     bootstrap=cfg.score.bootstrap.samples, pool=pool.pool, progress=progress)
             rows = classifier_rows(cfg, task, chain, round_, pool)
             for seed in cfg.chains.seeds:
-                key = _key(cell_base, sorted((r["text"], r["label"]) for r in rows), seed)
+                key = content_key(cell_base, sorted((r["text"], r["label"]) for r in rows), seed)
                 cells[key] = (rows, seed)
                 row_cells[chain, seed] = key
         results = train_round_classifiers(cfg, task, cells, workdir)
@@ -307,75 +308,3 @@ def results_table(cfg: SelfConsumeConfig, records: list[dict[str, Any]]) -> pd.D
                 "sft_real_rows": sft.get("real_rows", 0), "sft_seconds": sft.get("seconds", math.nan),
                 "pool": pool.key, "config_hash": config_hash})
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------
-# Report.
-
-# (file, title, caption, [(column, axis label)]): the first two columns found of each group are plotted.
-PANELS = (
-    ("diversity.png", "Diversity of each round's pool",
-     "Bars: the metric's half-sample 95% interval.",
-     [("vendi_q1", "Vendi score (q=1)"), ("distinct_2", "distinct-2"), ("self_bleu", "self-BLEU"),
-      ("mean_cosine_distance", "mean cosine distance")]),
-    ("shift.png", "Shift of each round's pool from the real training data",
-     "Bars: the metric's half-sample 95% interval.",
-     [("mmd2", "MMD² to real"), ("frechet_distance", "Fréchet distance to real")]),
-    ("quality.png", "Quality of each round's pool",
-     "Label fidelity: share of rows a probe trained on real data labels as intended.",
-     [("label_fidelity", "label fidelity"), ("accept_rate", "accepted share of generated rows"),
-      ("length_tokens_mean", "mean length (tokens)")]),
-    ("downstream.png", "Classifiers trained on each round's data, on the real test split",
-     "Bars: 95% t-intervals over the classifier seeds.",
-     [("accuracy", "test accuracy"), ("macro_f1", "test macro-F1")]),
-    ("sft.png", "Fine-tuning G_t on its round-t data into G_{t+1}",
-     ("Held-out loss: per response token, on real validation rows under round-0 prompts (the same "
-      "set for every chain and round). The last round is not fine-tuned on."),
-     [("sft_train_loss", "last train loss"), ("sft_heldout_real_loss", "held-out real loss")]),
-)
-
-
-def _change(frame: pd.DataFrame, column: str) -> str:
-    """'chain: first -> last' for one column, per chain."""
-    parts = []
-    for chain, group in frame.groupby("chain", sort=False):
-        by_round = group.groupby("round")[column].mean()
-        parts.append(f"{chain} {by_round.iloc[0]:.3f} → {by_round.iloc[-1]:.3f}")
-    return "; ".join(parts)
-
-
-def write_report(workdir: Path, frame: pd.DataFrame) -> Path:
-    """report/report.md with a summary table and one PNG per metric group (a line per chain)."""
-    from jaxdiv.report import plots
-    from jaxdiv.report.report import markdown_table
-    from jaxdiv.report.stats import mean_ci
-
-    out = workdir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for (chain, round_), group in frame.groupby(["chain", "round"], sort=False):
-        accuracy, half = mean_ci(group["accuracy"])
-        first = group.iloc[0]
-        summary.append({"chain": chain, "round": round_, "generator": first["generator"],
-                        "accepted": f"{first['accepted']}/{first['pool_rows']}",
-                        **{c: first[c] for c in ("vendi_q1", "distinct_2", "mmd2", "label_fidelity")
-                           if c in group},
-                        "accuracy": accuracy, "± 95% CI": half, "macro_f1": float(group["macro_f1"].mean()),
-                        "sft_heldout_real_loss": first["sft_heldout_real_loss"]})
-    rounds, seeds = frame["round"].nunique(), frame["seed"].nunique()
-    lines = [f"# Self-consumption report: {workdir.name}\n",
-             (f"{frame['chain'].nunique()} chains × {rounds} rounds × {seeds} classifier seeds. Round t's pool "
-              f"is generated by G_t; G_(t+1) is G_t fine-tuned on its round-t accepted rows (`replace`), or on "
-              f"those plus real training rows (`mix_real`). Round 0 (G_0) is shared by every chain.\n"),
-             "## Summary\n", markdown_table(pd.DataFrame(summary)) + "\n",
-             "From the first round to the last (per chain): "
-             + "; ".join(f"**{c}**: {_change(frame, c)}" for c in ("vendi_q1", "mmd2", "accuracy") if c in frame)
-             + ".\n\nEvery column of every round and seed: `results.csv`.\n"]
-    for name, title, caption, candidates in PANELS:
-        panels = [(c, label) for c, label in candidates if c in frame and frame[c].notna().any()][:2]
-        if panels:
-            plots.metric_by_round(frame, panels, out / name, title)
-            lines.append(f"## {title}\n\n{caption}\n\n![{title}]({name})\n")
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path

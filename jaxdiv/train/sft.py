@@ -113,26 +113,26 @@ def lm_trainable(frozen_layers: int):
 
 def build_lm(cfg: LMModelConfig, seed: int):
     """(ModelSpec, ChatTokenizer) of the decoder: pretrained weights or a seeded random init."""
-    from jaxdiv.models import llama
+    from jaxdiv.models import checkpoints, llama
     from jaxdiv.models.tokenizer import ChatTokenizer
 
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     trainable = lm_trainable(cfg.frozen_layers)
     if cfg.pretrained:
-        model, tokenizer = llama.load_pretrained(cfg.checkpoint, dtype=dtype)
+        model, tokenizer = checkpoints.load_pretrained(cfg.checkpoint, dtype=dtype)
         model.remat = cfg.remat
         if cfg.frozen_layers > model.cfg.num_layers:
             raise configlib.ConfigError(f"model.frozen_layers={cfg.frozen_layers}: {cfg.checkpoint} has "
                                         f"{model.cfg.num_layers} layers")
         return spec_of(model, model.cfg, trainable), tokenizer
-    path = llama.resolve_checkpoint(cfg.checkpoint)
+    path = checkpoints.resolve_checkpoint(cfg.checkpoint)
     if path.suffix == ".gguf":
         import gguf
 
-        arch = llama.gguf_config(gguf.GGUFReader(path), path)
+        arch = checkpoints.gguf_config(gguf.GGUFReader(path), path)
         tokenizer = ChatTokenizer.from_gguf(path)
     else:
-        arch, tokenizer = llama.hf_config(path), ChatTokenizer.from_hf_dir(path)
+        arch, tokenizer = checkpoints.hf_config(path), ChatTokenizer.from_hf_dir(path)
     overrides = {name: getattr(cfg, name) for name in
                  ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
                  if getattr(cfg, name)}
@@ -174,7 +174,7 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
               ) -> dict[str, Any]:
     """Fine-tune; returns {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train
     metrics, "params": final params (host), "architecture": the LlamaConfig, "tokenizer": the
-    ChatTokenizer} (the last three are what `llama.save_hf_checkpoint` takes). Without eval_rows,
+    ChatTokenizer} (the last three are what `checkpoints.save_hf_checkpoint` takes). Without eval_rows,
     data.eval_fraction of the rows is held out."""
     initialize(cfg.distributed)
     workdir = Path(workdir or cfg.workdir)

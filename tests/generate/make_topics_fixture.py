@@ -18,7 +18,7 @@ def main() -> None:
     from jaxdiv.generate.backends import JaxBackend
     from jaxdiv.generate.recipes import BRIEFS, TopicList
     from jaxdiv.generate.sampler import JaxGenerator
-    from jaxdiv.models.llama import load_pretrained, weights_hash
+    from jaxdiv.models.checkpoints import load_pretrained, weights_hash
 
     gguf = assets.resolve("smollm2-135m-instruct") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     model, tokenizer = load_pretrained(gguf)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxdiv.configlib import ConfigError
 from jaxdiv.models import bert
+from jaxdiv.models.checkpoints import CheckpointError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bert_minilm.npz"
 TEXTS = ["What is the capital of France?",
@@ -123,13 +125,13 @@ def test_frozen_layers_get_no_gradient():
 
 
 def test_bad_inputs_are_named(tmp_path, minilm_dir):
-    with pytest.raises(bert.WeightsError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         bert.BertConfig.from_json(tmp_path)
     (tmp_path / "config.json").write_text((minilm_dir / "config.json").read_text())
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(bert.WeightsError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match="model.safetensors"):
         bert.load_bert_encoder(tmp_path)
-    with pytest.raises(bert.WeightsError, match="frozen_layers"):
+    with pytest.raises(ConfigError, match="frozen_layers"):
         bert.BertClassifier(bert.BertConfig(num_hidden_layers=2), 2, frozen_layers=3, rngs=nnx.Rngs(0))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiv.models import llama
+from jaxdiv.models import checkpoints, llama
 from jaxdiv.models.tokenizer import ChatTokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_reference.npz"
@@ -147,11 +147,10 @@ def test_params_carry_logical_axes_and_shard_on_a_mesh():
     assert axes["norm/scale"] == ("embed",)
     assert all(a for a in axes.values()), [k for k, a in axes.items() if not a]
 
-    weights = {llama._hf_key(path)[0]: (np.asarray(v.get_value()).T if llama._hf_key(path)[1]
-                                        else np.asarray(v.get_value()))
-               for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    weights = checkpoints.hf_weights({"/".join(map(str, path)): v.get_value()
+                                      for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
     mesh_cfg = MeshConfig(data=2, fsdp=2, tensor=2)
-    sharded = llama.from_hf_weights(TINY, weights, mesh=make_mesh(mesh_cfg), rules=mesh_cfg.logical_axis_rules)
+    sharded = checkpoints.from_hf_weights(TINY, weights, mesh=make_mesh(mesh_cfg), rules=mesh_cfg.logical_axis_rules)
     kernel = sharded.layers[0].mlp.gate_proj.kernel[...]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, TINY.vocab_size, (4, 5)))
@@ -159,16 +158,16 @@ def test_params_carry_logical_axes_and_shard_on_a_mesh():
 
 
 def test_bad_checkpoints_raise_named_errors(tmp_path):
-    with pytest.raises(llama.CheckpointError, match="does not exist"):
-        llama.read_gguf_weights(tmp_path / "missing.gguf")
+    with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+        checkpoints.read_gguf_weights(tmp_path / "missing.gguf")
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")
-    with pytest.raises(llama.CheckpointError, match="bad.gguf"):
-        llama.read_gguf_weights(tmp_path / "bad.gguf")
+    with pytest.raises(checkpoints.CheckpointError, match="bad.gguf"):
+        checkpoints.read_gguf_weights(tmp_path / "bad.gguf")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(llama.CheckpointError, match="not a Llama-family"):
-        llama.read_safetensors_weights(tmp_path)
-    with pytest.raises(llama.CheckpointError, match="missing tensor 'model.layers.0.input_layernorm.weight'"):
-        llama.from_hf_weights(TINY, {"model.embed_tokens.weight": np.zeros((96, 64))}, source="x")
+    with pytest.raises(checkpoints.CheckpointError, match="not a Llama-family"):
+        checkpoints.read_safetensors_weights(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match="missing tensor 'model.layers.0.input_layernorm.weight'"):
+        checkpoints.from_hf_weights(TINY, {"model.embed_tokens.weight": np.zeros((96, 64))}, source="x")
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +228,7 @@ def test_safetensors_checkpoint_matches_transformers(tmp_path, model_type, smoll
     ref.save_pretrained(tmp_path)
     # the GGUF's tokenizer stands in for the checkpoint's own tokenizer.json
     ChatTokenizer.from_gguf(smollm2_gguf).tokenizer.save(str(tmp_path / "tokenizer.json"))
-    model, _ = llama.load_pretrained(tmp_path)
+    model, _ = checkpoints.load_pretrained(tmp_path)
     assert model.cfg.attention_bias == (model_type == "qwen2")
     ids = np.random.default_rng(0).integers(0, 96, (2, 9))
     with torch.no_grad():
@@ -242,11 +241,11 @@ def test_safetensors_checkpoint_matches_transformers(tmp_path, model_type, smoll
 
 def test_saved_hf_checkpoint_reloads_with_identical_logits_and_chat_ids(smollm2, tmp_path):
     model, tokenizer = smollm2
-    directory = llama.save_hf_checkpoint(model, model.cfg, tokenizer, tmp_path / "smollm2-hf")
+    directory = checkpoints.save_hf_checkpoint(model, model.cfg, tokenizer, tmp_path / "smollm2-hf")
     assert sorted(p.name for p in directory.iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
-    reloaded, reloaded_tokenizer = llama.load_pretrained(directory)
+    reloaded, reloaded_tokenizer = checkpoints.load_pretrained(directory)
     assert reloaded.cfg == model.cfg
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river?"}]
     ids = tokenizer.encode_chat(messages)
@@ -261,13 +260,13 @@ def test_saved_tiny_qwen2_layout_round_trips(smollm2_gguf, tmp_path):
     """Q/K/V biases and an untied LM head (TINY) are written as Qwen2 and read back exactly."""
     model = _tiny_model(3)
     tokenizer = ChatTokenizer.from_gguf(smollm2_gguf)
-    directory = llama.save_hf_checkpoint(model, TINY, tokenizer, tmp_path / "tiny")
+    directory = checkpoints.save_hf_checkpoint(model, TINY, tokenizer, tmp_path / "tiny")
     assert json.loads((directory / "config.json").read_text())["model_type"] == "qwen2"
-    reloaded, _ = llama.load_pretrained(directory)
+    reloaded, _ = checkpoints.load_pretrained(directory)
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, TINY.vocab_size, (2, 7)))
     np.testing.assert_array_equal(reloaded(tokens), model(tokens))
-    with pytest.raises(llama.CheckpointError, match="missing .*input_layernorm"):
-        llama.save_hf_checkpoint({"embed_tokens/embedding": np.zeros((96, 64))}, TINY, tokenizer, tmp_path / "x")
+    with pytest.raises(checkpoints.CheckpointError, match="missing .*input_layernorm"):
+        checkpoints.save_hf_checkpoint({"embed_tokens/embedding": np.zeros((96, 64))}, TINY, tokenizer, tmp_path / "x")
 
 
 @pytest.mark.torch
@@ -276,7 +275,7 @@ def test_transformers_loads_the_saved_checkpoint(smollm2, tmp_path):
     import transformers
 
     model, tokenizer = smollm2
-    directory = llama.save_hf_checkpoint(model, model.cfg, tokenizer, tmp_path / "smollm2-hf")
+    directory = checkpoints.save_hf_checkpoint(model, model.cfg, tokenizer, tmp_path / "smollm2-hf")
     ref_model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     ref_tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
     from tests.models.make_reference import chat_ids

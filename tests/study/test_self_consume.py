@@ -1,6 +1,7 @@
 """The self-consumption experiment: its pieces (config, cache keys, real rows written as
-completions, plots, `jaxdiv run` dispatch) by default, and a tiny end-to-end run of the real
-components (SmolLM2 generator fine-tuned for real, MiniLM embedder, TREC) in the slow tier."""
+completions, `jaxdiv run` dispatch) by default, and a tiny end-to-end run of the real
+components (SmolLM2 generator fine-tuned for real, MiniLM embedder, TREC) in the slow tier.
+Its report alone: tests/report/test_self_consume.py."""
 
 import json
 import time
@@ -105,18 +106,6 @@ def test_cache_keys_chain_through_generators_and_ignore_places(tmp_path):
     assert sc.pool_key(apply_overrides(cfg, ["generate.sampling.temperature=0.3"]), g0) != pool.key
 
 
-def test_metric_by_round_plots_a_line_per_chain(tmp_path):
-    from jaxdiv.report import plots
-
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame([{"chain": chain, "round": r, "seed": s, "accuracy": 0.6 - 0.1 * r * (chain == "replace")
-                           + 0.01 * rng.standard_normal(), "vendi_q1": 5.0 - r, "vendi_q1_ci_low": 4.5 - r,
-                           "vendi_q1_ci_high": 5.2 - r}
-                          for chain in ("replace", "mix_real") for r in range(3) for s in range(3)])
-    path = plots.metric_by_round(frame, [("vendi_q1", "Vendi"), ("accuracy", "accuracy")], tmp_path / "p.png", "t")
-    assert path.read_bytes()[:4] == b"\x89PNG"
-
-
 def test_run_dispatches_on_the_config_type(tmp_path, capsys):
     from jaxdiv.cli import main
 
@@ -179,7 +168,7 @@ def test_round_one_generates_with_the_fine_tuned_generator(experiment, smollm2_g
     from safetensors.numpy import load_file
 
     from jaxdiv.data.pool import Pool
-    from jaxdiv.models.llama import read_gguf_weights, weights_hash
+    from jaxdiv.models.checkpoints import read_gguf_weights, weights_hash
 
     _, workdir, _ = experiment
     _, base = read_gguf_weights(smollm2_gguf)

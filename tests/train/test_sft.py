@@ -86,7 +86,7 @@ def test_sft_run_learns_the_responses(tiny_lm, pairs, smollm2_gguf, tmp_path):
     assert result["eval"]["loss"] < np.log(49152) - 2.0
     assert json.loads((tmp_path / "results.json").read_text())["eval"] == result["eval"]
     # the fine-tuned model saves as an HF checkpoint that loads back with the trained weights
-    from jaxdiv.models.llama import load_pretrained, save_hf_checkpoint
+    from jaxdiv.models.checkpoints import load_pretrained, save_hf_checkpoint
 
     directory = save_hf_checkpoint(result["params"], result["architecture"], result["tokenizer"], tmp_path / "hf")
     reloaded, tokenizer = load_pretrained(directory)
