@@ -11,6 +11,7 @@ that fires:
 2. **echo** (`gates.echo`): the completion restates its prompt instead of answering it:
    - it starts like the prompt's own instruction lines ("Write one new ...", "Here are some ...",
      "Reply with ...", "Paraphrase this ..."); or
+   - it keeps an unfilled template slot ("[country_name]", "{topic}", "[insert name]"); or
    - at least `echo_bigram_share` of its word bigrams, and at least 3, occur in the instruction
      (the prompt with the few-shot texts taken out); or
    - its word set has Jaccard similarity at least `echo_jaccard` with a few-shot example (a
@@ -77,6 +78,9 @@ ECHO_MIN_BIGRAMS = 3
 SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
 INSTRUCTION_START = re.compile(r"^(?:write (?:one|a) new|here are some|reply with|paraphrase this)\b",
                                re.IGNORECASE)
+# an unfilled template slot copied from the kind of prompt the model was trained on
+# ("the capital of [country_name]", "{topic}", "[insert name]")
+TEMPLATE_SLOT = re.compile(r"[\[{<](?:[a-z]+(?:_[a-z]+)+|insert\b[^\]}>]*|your \w+)[\]}>]", re.IGNORECASE)
 CHATTER_RULES = tuple(re.compile(rule, re.IGNORECASE) for rule in (
     # meta-phrases about the reply or the task itself
     r"^\W*here(?:'s| is| are)\b",
@@ -145,7 +149,7 @@ def instruction_text(prompt: str, few_shot_texts: Sequence[str]) -> str:
 def is_echo(text: str, prompt: str, few_shot_texts: Sequence[str], bigram_share: float,
             jaccard: float) -> bool:
     """Restates the instruction, or nearly copies a few-shot example (module docstring, rule 2)."""
-    if INSTRUCTION_START.search(text.strip()):
+    if INSTRUCTION_START.search(text.strip()) or TEMPLATE_SLOT.search(text):
         return True
     words = _words(text)
     bigrams = _bigrams(words)

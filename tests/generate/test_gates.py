@@ -179,3 +179,14 @@ def test_generation_applies_the_gates_and_resumes_to_the_same_decisions(smollm2_
     again = run_generate(cfg, backend=backend, progress=False).rows()
     fields = ("row", "text", "status", "reason")
     assert [{k: r[k] for k in fields} for r in again] == [{k: r[k] for k in fields} for r in rows]
+
+
+def test_unfilled_template_slots_are_echo_and_real_brackets_are_not():
+    from jaxdiv.generate.gates import is_echo
+
+    slot = "What is the capital of the country of [country_name] in [land_capital_city_name]?"  # a D6 row
+    assert is_echo(slot, "", [], 0.5, 0.7)
+    assert is_echo("Who wrote {book_title} ?", "", [], 0.5, 0.7)
+    assert is_echo("What does [insert acronym] stand for?", "", [], 0.5, 0.7)
+    for text in ("What does `` [sic] '' mean ?", "What is e^[x] ?", "Who sang <Help> ?"):
+        assert not is_echo(text, "", [], 0.5, 0.7)
