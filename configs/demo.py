@@ -18,7 +18,7 @@ from jaxdiv.generate.config import GenerateConfig, JaxBackendConfig, RecipeConfi
 from jaxdiv.mix.config import MixConfig
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.study.config import GridConfig, StudyConfig
-from jaxdiv.train.config import CheckpointConfig, LogConfig, ModelConfig, OptimConfig, TrainJobConfig
+from jaxdiv.train.config import CheckpointConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def get_config() -> StudyConfig:
@@ -35,7 +35,7 @@ def get_config() -> StudyConfig:
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
         mix=MixConfig(allow_short_classes=False),  # equal n: every cell holds exactly what it asks
-        train=TrainJobConfig(
+        train=TrainConfig(
             # bf16 matmuls (f32 params and accumulation): XLA's fast CPU path. 32 tokens hold 99%
             # of TREC questions and every 32-token completion.
             model=ModelConfig(max_length=32, frozen_layers=4, compute_dtype="bfloat16"),

@@ -5,11 +5,11 @@ bf16 weights and KV cache; each 192-row chunk is sorted by prompt length into th
 64-row batches, so most batches fit the 128-token prompt bucket."""
 
 from jaxdiv.data.tasks import TaskConfig
-from jaxdiv.generate.config import GenerateConfig, JaxBackendConfig, RecipeConfig, SamplingConfig
+from jaxdiv.generate.config import GenerateJob, JaxBackendConfig, RecipeConfig, SamplingConfig
 
 
-def get_config() -> GenerateConfig:
-    return GenerateConfig(
+def get_config() -> GenerateJob:
+    return GenerateJob(
         task=TaskConfig(name="trec"),
         recipe=RecipeConfig(name="topics", level=3, few_shot=3),
         sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=64),

@@ -15,7 +15,7 @@ from jaxdiv.generate.config import GenerateConfig, JaxBackendConfig, RecipeConfi
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.study.config import ChainsConfig, SelfConsumeConfig
 from jaxdiv.train.config import (CheckpointConfig, LMModelConfig, LogConfig, ModelConfig, OptimConfig,
-                                 SFTDataConfig, SFTJobConfig, TrainJobConfig)
+                                 SFTConfig, SFTDataConfig, TrainConfig)
 
 
 def get_config() -> SelfConsumeConfig:
@@ -29,14 +29,14 @@ def get_config() -> SelfConsumeConfig:
             chunk_rows=32,
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
-        train=TrainJobConfig(
+        train=TrainConfig(
             model=ModelConfig(max_length=32, frozen_layers=4, compute_dtype="bfloat16"),  # TREC: ~15 tokens
             optim=OptimConfig(steps=40, batch_size=16, learning_rate=5e-4, warmup_fraction=0.1,
                               eval_batch_size=64),
             checkpoint=CheckpointConfig(every=0, keep=1),
             log=LogConfig(tensorboard=False),
         ),
-        sft=SFTJobConfig(
+        sft=SFTConfig(
             data=SFTDataConfig(chat_template=True),
             # the top 6 of 30 layers train (a CPU step of the whole model is ~3x slower); prompts
             # (system turn + one few-shot example) are 75-110 tokens, questions ~15

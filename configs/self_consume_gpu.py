@@ -15,7 +15,7 @@ from jaxdiv.generate.config import GenerateConfig, JaxBackendConfig, RecipeConfi
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.study.config import ChainsConfig, SelfConsumeConfig
 from jaxdiv.train.config import (CheckpointConfig, LMModelConfig, LogConfig, ModelConfig, OptimConfig,
-                                 SFTDataConfig, SFTJobConfig, TrainJobConfig)
+                                 SFTConfig, SFTDataConfig, TrainConfig)
 
 
 def get_config() -> SelfConsumeConfig:
@@ -28,13 +28,13 @@ def get_config() -> SelfConsumeConfig:
             chunk_rows=256,
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=20)),
-        train=TrainJobConfig(
+        train=TrainConfig(
             model=ModelConfig(max_length=64, frozen_layers=0, compute_dtype="bfloat16"),
             optim=OptimConfig(epochs=10.0, batch_size=32, learning_rate=5e-5, eval_batch_size=512),
             checkpoint=CheckpointConfig(every=500, keep=1),
             log=LogConfig(tensorboard=False),
         ),
-        sft=SFTJobConfig(
+        sft=SFTConfig(
             data=SFTDataConfig(chat_template=True),
             model=LMModelConfig(max_length=256, frozen_layers=0, compute_dtype="bfloat16"),
             optim=OptimConfig(epochs=2.0, batch_size=32, learning_rate=2e-5, warmup_fraction=0.05,

@@ -13,7 +13,7 @@ from jaxdiv.generate.config import GenerateConfig, JaxBackendConfig, RecipeConfi
 from jaxdiv.mix.config import MixConfig
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.study.config import GridConfig, StudyConfig
-from jaxdiv.train.config import CheckpointConfig, ModelConfig, OptimConfig, TrainJobConfig
+from jaxdiv.train.config import CheckpointConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def get_config() -> StudyConfig:
@@ -28,7 +28,7 @@ def get_config() -> StudyConfig:
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=20)),
         # TREC has 60 ABBR training questions: the 200 budget takes all of them (recorded per cell).
         mix=MixConfig(allow_short_classes=True),
-        train=TrainJobConfig(
+        train=TrainConfig(
             model=ModelConfig(max_length=64, frozen_layers=0, compute_dtype="bfloat16"),
             optim=OptimConfig(epochs=10.0, batch_size=32, learning_rate=5e-5, eval_batch_size=512),
             checkpoint=CheckpointConfig(every=500, keep=2),

@@ -215,6 +215,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def stage_part(job: Any, stage_cls: type) -> Any:
+    """The `stage_cls` fields of `job` as a `stage_cls`: a CLI job config (a subclass that adds
+    the shared values, e.g. GenerateJob) narrowed to the stage section its entry function takes."""
+    return stage_cls(**{f.name: getattr(job, f.name) for f in dataclasses.fields(stage_cls)})
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build `cls` from a (possibly partial) dict; unknown keys are an error."""
     hints = _resolved_hints(cls)
@@ -241,18 +247,23 @@ def config_hash(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, directory: str | Path, name: str = "config.json", *,
-                resume_safe: typing.Sequence[str] | None = None) -> Path:
+                resume_safe: typing.Sequence[str] | None = None,
+                shared: typing.Mapping[str, Any] | None = None) -> Path:
     """Write the fully resolved config next to a run's outputs (atomically).
 
+    `shared`: the values a stage's entry is given beside its section (task, workdir, seed, ...),
+    stored as top-level keys of the config, as the job config of the stage's CLI has them.
     `resume_safe`: the run resumes from what the directory holds, so an existing config.json
-    must match `cfg` except in these keys (a key, or a section prefix ending in '.'); other
+    must match the config except in these keys (a key, or a section prefix ending in '.'); other
     differences raise ConfigError naming them, allowed ones are applied and recorded in the
     file's `resumed_with_changes` list."""
     from jaxdiv.io import atomic_write_text
 
     path = Path(directory) / name
-    current = json.loads(json.dumps(to_dict(cfg), default=str))  # tuples -> lists, as stored
-    payload = {"config_class": type(cfg).__name__, "config_hash": config_hash(cfg), "config": current}
+    whole = {**to_dict(cfg), **{k: to_dict(v) if dataclasses.is_dataclass(v) else v
+                                for k, v in (shared or {}).items()}}
+    current = json.loads(json.dumps(whole, default=str))  # tuples -> lists, as stored
+    payload = {"config_class": type(cfg).__name__, "config_hash": content_hash(whole), "config": current}
     if resume_safe is not None and path.is_file():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))

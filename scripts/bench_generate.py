@@ -123,7 +123,7 @@ def pool_time(rows: int) -> tuple[float, float, float, dict]:
     directory, as a second `jaxdiv generate` with the caches warm would run it."""
     from jaxdiv.configlib import apply_overrides, load_config
     from jaxdiv.generate.backends import make_backend
-    from jaxdiv.generate.runner import run_generate
+    from jaxdiv.generate.runner import run_generate_job
 
     config = Path(__file__).resolve().parents[1] / "configs" / "generate_trec.py"
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +134,7 @@ def pool_time(rows: int) -> tuple[float, float, float, dict]:
         times = []
         for attempt in ("first", "repeat"):
             start = time.perf_counter()
-            pool = run_generate(apply_overrides(cfg, [f"workdir={tmp}/{attempt}"]), backend=backend)
+            pool = run_generate_job(apply_overrides(cfg, [f"workdir={tmp}/{attempt}"]), backend=backend)
             times.append(time.perf_counter() - start)
         return load_s, times[0], times[1], pool.counts()
 

@@ -45,15 +45,15 @@ def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32
     from jaxdiv.configlib import apply_overrides
     from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
     from jaxdiv.train import data as data_lib
-    from jaxdiv.train.config import TrainJobConfig
+    from jaxdiv.train.config import TrainConfig
     from jaxdiv.train.loop import prepare
     from jaxdiv.train.metrics import bert_train_flops
     from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
     from jaxdiv.train.step import make_train_step
 
-    cfg = apply_overrides(TrainJobConfig(), [f"optim.batch_size={batch}", f"model.max_length={length}",
-                                             f"model.compute_dtype={dtype}"])
-    prepared = prepare(cfg, task.splits["train"], {}, task.label_names)
+    cfg = apply_overrides(TrainConfig(), [f"optim.batch_size={batch}", f"model.max_length={length}",
+                                          f"model.compute_dtype={dtype}"])
+    prepared = prepare(cfg, task.splits["train"], {}, task.label_names, seed=0)
     spec = prepared.spec
     mesh_cfg = MeshConfig(data=-1)
     mesh, rules = make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules
@@ -103,11 +103,11 @@ def torch_step(minilm_dir, host, num_labels: int, steps: int, dtype: str = "floa
 
 def ablation_runs(task, runs: int, rows_per_run: int):
     from jaxdiv.configlib import apply_overrides
-    from jaxdiv.train.config import TrainJobConfig
+    from jaxdiv.train.config import TrainConfig
     from jaxdiv.train.loop import train_classifier
     from jaxdiv.train.runs import RunSpec, train_classifier_runs
 
-    cfg = apply_overrides(TrainJobConfig(), [
+    cfg = apply_overrides(TrainConfig(), [
         "model.frozen_layers=5", "model.max_length=32", "optim.batch_size=16", "optim.epochs=1",
         "optim.learning_rate=1e-3", "log.progress=false", "log.tensorboard=false", "checkpoint.every=0",
         "mesh.data=-1"])
@@ -121,9 +121,9 @@ def ablation_runs(task, runs: int, rows_per_run: int):
         vmapped = time.perf_counter() - start
         start = time.perf_counter()
         for index, run in enumerate(specs):
-            run_cfg = dataclasses.replace(cfg, seed=run.seed, optim=dataclasses.replace(
-                cfg.optim, learning_rate=run.learning_rate))
-            train_classifier(run_cfg, run.train_rows, evals, f"{tmp}/seq{index}", label_names=task.label_names)
+            run_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=run.learning_rate))
+            train_classifier(run_cfg, run.train_rows, evals, f"{tmp}/seq{index}", seed=run.seed,
+                             label_names=task.label_names)
         sequential = time.perf_counter() - start
     return vmapped, sequential
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdiv.configlib import apply_overrides, load_config
+from jaxdiv.configlib import apply_overrides, load_config, stage_part
 from jaxdiv.data.pool import ACCEPTED, Pool, PoolRow
 from jaxdiv.data.tasks import load_task
-from jaxdiv.generate.config import GatesConfig
+from jaxdiv.generate.config import GatesConfig, GenerateConfig, GenerateJob
 from jaxdiv.generate.gates import (CHATTER, ECHO, GATE_REASONS, LABEL_PROBE, LABEL_PROBE_ORACLE,
                                    NEAR_DUPLICATE, TRUNCATED, Gates, rule_reason)
 from jaxdiv.generate.recipes import make_recipe
-from jaxdiv.generate.runner import pool_meta, run_generate
+from jaxdiv.generate.runner import pool_meta, run_generate_job
 from jaxdiv.io import atomic_write_text
 from jaxdiv.score.embed import Embedder
 from jaxdiv.score.quality import predict, train_probe
@@ -47,7 +47,7 @@ SECTION = "## Quality gates"
 
 
 def before_pool(args, level: int, backend_box: list):
-    cfg = apply_overrides(load_config(ROOT / "configs" / "demo.py").generate, list(GATES_OFF) + [
+    cfg = apply_overrides(GenerateJob(**vars(load_config(ROOT / "configs" / "demo.py").generate)), list(GATES_OFF) + [
         f"n={args.rows}", f"recipe.level={level}", f"workdir={args.workdir}/before-d{level}"])
     timing = Path(cfg.workdir) / "timing.json"
     if Pool.is_complete(cfg.workdir, cfg.n) and timing.is_file():
@@ -58,7 +58,7 @@ def before_pool(args, level: int, backend_box: list):
         backend_box.append(make_backend(cfg))
     spent = json.loads(timing.read_text())["generate_s"] if timing.is_file() else 0.0
     started = time.perf_counter()
-    pool = run_generate(cfg, backend=backend_box[0], progress=True)
+    pool = run_generate_job(cfg, backend=backend_box[0], progress=True)
     spent += time.perf_counter() - started
     atomic_write_text(timing, json.dumps({"generate_s": spent}))
     return cfg, pool, spent
@@ -82,12 +82,16 @@ def replay(args, before_cfg, before: Pool, arm: str, task) -> tuple[Pool, float]
         f"workdir={args.workdir}/after-{arm}-d{before_cfg.recipe.level}"] + (
         [f"gates.labels.min_probability={args.min_probability}"] if args.min_probability is not None else []))
     backend = _Backend(before.meta)
-    recipe = make_recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=False)
+    recipe = make_recipe(cfg.recipe, cfg.sampling, task, backend, cfg.seed, cfg.n, progress=False,
+                         real_budget=cfg.real_budget, real_subset=cfg.real_subset)
     started = time.perf_counter()
-    gates = Gates(cfg, task, recipe.brief.must_end_with)
+    stage = stage_part(cfg, GenerateConfig)
+    gates = Gates(stage, task, recipe.brief.must_end_with, real_budget=cfg.real_budget,
+                  real_subset=cfg.real_subset)
     directory = Path(cfg.workdir)
     shutil.rmtree(directory, ignore_errors=True)  # a replay is cheap: redone whole, never resumed
-    after = Pool.create(directory, pool_meta(cfg, task, backend, gates))
+    after = Pool.create(directory, pool_meta(stage, cfg.task, task, backend, n=cfg.n, seed=cfg.seed,
+                                             real_budget=cfg.real_budget, real_subset=cfg.real_subset, gates=gates))
     rows = before.rows()
     for begin in range(0, len(rows), cfg.chunk_rows):
         chunk = [parse_verdict(r) for r in rows[begin:begin + cfg.chunk_rows]]

@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 
 from jaxdiv.configlib import (ConfigError, apply_overrides, config_hash, describe, from_dict,
-                              load_config, param, save_config, section, to_dict, validate)
+                              load_config, param, save_config, section, stage_part, to_dict, validate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,30 @@ def test_config_file_roundtrip(tmp_path):
         load_config(tmp_path / "missing.py")
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['bogus'\]"):
         from_dict(Job, {"bogus": 1})
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    steps: int = param(10, ge=1)
+    optim: Optim = section(Optim)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageJob(Stage):
+    seed: int = param(0)
+    name: str = param("run")
+
+
+def test_a_stage_entry_records_its_shared_values_as_the_cli_job_does(tmp_path):
+    job = apply_overrides(StageJob(), ["steps=4", "optim.learning_rate=0.5", "seed=3"])
+    stage = stage_part(job, Stage)
+    assert type(stage) is Stage and to_dict(stage) == {"steps": 4, "optim": to_dict(job.optim)}
+    by_job = json.loads(save_config(job, tmp_path / "job").read_text())
+    by_stage = json.loads(save_config(stage, tmp_path / "stage", shared={"seed": 3, "name": "run"}).read_text())
+    assert by_stage["config"] == by_job["config"] and by_stage["config_hash"] == by_job["config_hash"]
+    # a resume with another shared value is refused like a changed config key
+    with pytest.raises(ConfigError, match="seed: 3 -> 4"):
+        save_config(stage, tmp_path / "stage", resume_safe=(), shared={"seed": 4, "name": "run"})
 
 
 def test_describe_lists_every_leaf_with_help():

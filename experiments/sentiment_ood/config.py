@@ -16,7 +16,7 @@ from jaxdiv.mix.config import MixConfig
 from jaxdiv.report.config import ReportConfig
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.study.config import GridConfig, StudyConfig
-from jaxdiv.train.config import CheckpointConfig, LogConfig, ModelConfig, OptimConfig, TrainJobConfig
+from jaxdiv.train.config import CheckpointConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def get_config() -> StudyConfig:
@@ -31,7 +31,7 @@ def get_config() -> StudyConfig:
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
         mix=MixConfig(allow_short_classes=False),
-        train=TrainJobConfig(
+        train=TrainConfig(
             # 64 tokens hold most snippets and tweets; the four test splits (3,882 rows) are
             # evaluated for every cell
             model=ModelConfig(max_length=64, frozen_layers=4, compute_dtype="bfloat16"),

@@ -17,7 +17,7 @@ from jaxdiv.mix.config import MixConfig
 from jaxdiv.report.config import ReportConfig
 from jaxdiv.score.config import BootstrapConfig, ScoreConfig
 from jaxdiv.study.config import GridConfig, StudyConfig
-from jaxdiv.train.config import CheckpointConfig, LogConfig, ModelConfig, OptimConfig, TrainJobConfig
+from jaxdiv.train.config import CheckpointConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def get_config() -> StudyConfig:
@@ -33,7 +33,7 @@ def get_config() -> StudyConfig:
         ),
         score=ScoreConfig(bootstrap=BootstrapConfig(samples=10)),
         mix=MixConfig(allow_short_classes=False),
-        train=TrainJobConfig(
+        train=TrainConfig(
             model=ModelConfig(max_length=32, frozen_layers=4, compute_dtype="bfloat16"),
             optim=OptimConfig(steps=60, batch_size=16, learning_rate=5e-4, warmup_fraction=0.1, eval_batch_size=64),
             checkpoint=CheckpointConfig(every=0, keep=1),

@@ -56,17 +56,17 @@ def register(sub, formatter) -> None:
 
 def _run(args) -> int:
     from jaxdiv import configlib
-    from jaxdiv.generate.config import GenerateConfig
+    from jaxdiv.generate.config import GenerateJob
 
     cfg = configlib.load_config(args.config, args.overrides) if args.config else \
-        configlib.apply_overrides(GenerateConfig(), args.overrides)
+        configlib.apply_overrides(GenerateJob(), args.overrides)
     flags = {"task.name": args.task, "recipe.name": args.recipe, "recipe.level": args.level,
              "n": args.n, "backend": args.backend, "workdir": args.workdir, "seed": args.seed}
     cfg = configlib.apply_overrides(cfg, [f"{k}={v}" for k, v in flags.items() if v is not None])
 
-    from jaxdiv.generate.runner import run_generate
+    from jaxdiv.generate.runner import run_generate_job
 
-    pool = run_generate(cfg, progress=not args.no_progress)
+    pool = run_generate_job(cfg, progress=not args.no_progress)
     counts = pool.counts()
     print(f"pool {cfg.workdir}: {counts['rows']} rows, {counts['accepted']} accepted, "
           f"{counts['rejected']} rejected {pool.reasons() or ''}")

@@ -39,7 +39,7 @@ def _run(args) -> int:
     from jaxdiv import configlib
     from jaxdiv.data.tasks import load_task
     from jaxdiv.io import atomic_write_text
-    from jaxdiv.score.config import ScoreConfig
+    from jaxdiv.score.config import ScoreConfig, ScoreJob
     from jaxdiv.score.pool_reader import read_pool
     from jaxdiv.score.suite import score_pool
 
@@ -49,13 +49,13 @@ def _run(args) -> int:
     if args.workdir is not None:
         overrides.append(f"workdir={args.workdir}")
     cfg = (configlib.load_config(args.config, overrides) if args.config
-           else configlib.apply_overrides(ScoreConfig(), overrides))
+           else configlib.apply_overrides(ScoreJob(), overrides))
     if cfg.real:
         cfg = configlib.validate(configlib.apply_override(cfg, "task.name", cfg.real))
     pool = read_pool(args.pool, cfg.text_column, cfg.label_column, cfg.parse_error_column)
     real = load_task(cfg.task) if cfg.real else None
-    report = score_pool(pool.texts, pool.labels, real=real, cfg=cfg, parse_failures=pool.parse_failures,
-                        rejected=pool.rejected, rejections=pool.rejections,
+    report = score_pool(pool.texts, pool.labels, real=real, cfg=configlib.stage_part(cfg, ScoreConfig),
+                        parse_failures=pool.parse_failures, rejected=pool.rejected, rejections=pool.rejections,
                         progress=not args.no_progress)
     report["pool"] = pool.source
     workdir = Path(cfg.workdir or Path("runs/score") / Path(args.pool).resolve().stem)

@@ -33,8 +33,8 @@ def register(sub, formatter) -> None:
 
 
 def _train(args) -> int:
-    from jaxdiv.configlib import load_config
-    from jaxdiv.train.config import SFTJobConfig
+    from jaxdiv.configlib import load_config, stage_part
+    from jaxdiv.train.config import SFTConfig, SFTJobConfig, TrainConfig
     from jaxdiv.train.distributed import initialize
 
     cfg = load_config(args.config, args.overrides)
@@ -42,7 +42,8 @@ def _train(args) -> int:
     if isinstance(cfg, SFTJobConfig):
         from jaxdiv.train.sft import train_sft
 
-        result = train_sft(cfg, args.train_rows, None, args.workdir)
+        result = train_sft(stage_part(cfg, SFTConfig), args.train_rows, None, args.workdir or cfg.workdir,
+                           seed=cfg.seed)
         print("heldout: " + "  ".join(f"{k}={v:.4f}" for k, v in result.get("eval", {}).items()))
         print(f"results: {result['workdir']}/results.json")
         return 0
@@ -52,9 +53,9 @@ def _train(args) -> int:
 
     task = load_task(cfg.task)
     train_rows = args.train_rows or task.splits["train"]
-    result = train_classifier(cfg, train_rows, {"validation": task.splits["validation"],
-                                                "test": task.splits["test"]},
-                              args.workdir, label_names=task.label_names)
+    evals = {"validation": task.splits["validation"], "test": task.splits["test"]}
+    result = train_classifier(stage_part(cfg, TrainConfig), train_rows, evals, args.workdir or cfg.workdir,
+                              seed=cfg.seed, task=cfg.task, label_names=task.label_names)
     for split, values in result["eval"].items():
         print(f"{split}: " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
     print(f"results: {result['workdir']}/results.json")

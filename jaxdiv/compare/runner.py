@@ -26,6 +26,7 @@ from jaxdiv.compare.config import CompareJobConfig
 from jaxdiv.compare.memory import peak_rss_mb, reset_peak_rss
 from jaxdiv.io import atomic_write_bytes, atomic_write_text
 from jaxdiv.train import data as data_lib
+from jaxdiv.train.config import TrainConfig
 
 
 def select_rows(source: Any, label_names: tuple[str, ...], limit: int, what: str) -> list[dict[str, Any]]:
@@ -123,15 +124,15 @@ def run_jax_side(cfg: CompareJobConfig, train_source: Any = None, *, progress: b
                              task.label_names, cfg.parity.train_rows, "train rows")
     test_rows = select_rows(task.splits["test"], task.label_names, cfg.parity.test_rows, "test rows")
     job = dataclasses.replace(
-        cfg.train, workdir=str(workdir / "jax"),
-        log=dataclasses.replace(cfg.train.log, every=1, tensorboard=False, progress=progress),
+        cfg.train, log=dataclasses.replace(cfg.train.log, every=1, tensorboard=False, progress=progress),
         checkpoint=dataclasses.replace(cfg.train.checkpoint, every=0, resume=False))
     shutil.rmtree(workdir / "jax", ignore_errors=True)  # a fresh curve each time (no resume)
 
-    prepared = prepare(job, train_rows, {"test": test_rows}, task.label_names)
+    prepared = prepare(job, train_rows, {"test": test_rows}, task.label_names, seed=job.seed)
     batch, logits = initial_logits(prepared.spec, prepared.evals["test"])
     resettable = reset_peak_rss()
-    result = train_classifier(job, train_rows, {"test": test_rows}, label_names=task.label_names)
+    result = train_classifier(configlib.stage_part(job, TrainConfig), train_rows, {"test": test_rows},
+                              workdir / "jax", seed=job.seed, task=job.task, label_names=task.label_names)
     peak = peak_rss_mb()
     records = [json.loads(line) for line in (workdir / "jax" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]

@@ -170,20 +170,32 @@ class GatesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
-    """A `jaxdiv generate` job: task x recipe x level -> a labelled synthetic pool."""
+    """The generate stage's own settings: recipe, sampling, backend, gates. What a job shares with
+    the other stages (task, rows, workdir, seed, real budget) is passed to `run_generate` beside it."""
 
-    task: TaskConfig = section(TaskConfig)
     recipe: RecipeConfig = section(RecipeConfig)
     sampling: SamplingConfig = section(SamplingConfig)
     backend: str = param("jax", help="jax (the JAX-native generator) or openai (an HTTP server)")
     jax: JaxBackendConfig = section(JaxBackendConfig)
     openai: OpenAIBackendConfig = section(OpenAIBackendConfig)
     mesh: MeshConfig = section(MeshConfig)
-    n: int = param(600, ge=1, help="rows to generate (accepted + rejected)")
     chunk_rows: int = param(32, ge=1, help="rows per atomically appended pool chunk; a chunk's "
                             "rows are sorted by prompt length into batches")
     dedup: bool = param(True, help="reject exact (normalised) duplicate texts")
     gates: GatesConfig = section(GatesConfig)
+
+    def check(self) -> None:
+        if self.backend not in ("jax", "openai"):
+            raise ConfigError(f"backend: {self.backend!r} is not jax or openai")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateJob(GenerateConfig):
+    """A `jaxdiv generate` job: task x recipe x level -> a labelled synthetic pool. The stage's
+    settings plus the values a study sets per pool (`jaxdiv run` passes those itself)."""
+
+    task: TaskConfig = section(TaskConfig)
+    n: int = param(600, ge=1, help="rows to generate (accepted + rejected)")
     workdir: str = param("pools/run", help="the pool directory")
     seed: int = param(0, help="global seed: prompts, topics, few-shot draws and sampling derive from it")
     real_budget: int = param(0, ge=0, help="real labelled rows per class the generator may see "
@@ -191,7 +203,3 @@ class GenerateConfig:
                              "label budget, so no label leaks into a cell; 0: the whole training split")
     real_subset: int = param(0, help="seed of which real rows make up that budget "
                              "(jaxdiv.data.tasks.budget_rows; the study cell's real subset)")
-
-    def check(self) -> None:
-        if self.backend not in ("jax", "openai"):
-            raise ConfigError(f"backend: {self.backend!r} is not jax or openai")

@@ -216,16 +216,17 @@ def near_duplicate_verdicts(new: np.ndarray, earlier: np.ndarray, threshold: flo
     return verdicts
 
 
-def probe_training_rows(cfg: GenerateConfig, task: Task) -> list[int]:
-    """Indices into the real training split that the label probe is trained on (its arm's rows)."""
+def probe_training_rows(cfg: GenerateConfig, task: Task, real_budget: int, real_subset: int) -> list[int]:
+    """Indices into the real training split that the label probe is trained on (its arm's rows:
+    every row for the oracle, else `real_budget` per class of real subset `real_subset`)."""
     train = task.splits["train"]
     if cfg.gates.labels.label_probe == "oracle":
         return list(range(len(train)))
-    groups = budget_rows(train, task.num_labels, cfg.real_budget or None, cfg.real_subset)
+    groups = budget_rows(train, task.num_labels, real_budget or None, real_subset)
     return sorted(i for rows in groups.values() for i in rows)
 
 
-def probe_meta(cfg: GenerateConfig, task: Task) -> dict:
+def probe_meta(cfg: GenerateConfig, task: Task, real_budget: int, real_subset: int) -> dict:
     """The probe arm as the pool meta records it ({"arm": "off"} without a probe)."""
     arm = cfg.gates.labels.label_probe
     if arm == "off":
@@ -234,19 +235,19 @@ def probe_meta(cfg: GenerateConfig, task: Task) -> dict:
             "reason": LABEL_PROBE_ORACLE if arm == "oracle" else LABEL_PROBE,
             "trained_on": ("every real training label (ORACLE: labels the cell does not have)"
                            if arm == "oracle" else "the cell's real budget rows"),
-            "training_rows": len(probe_training_rows(cfg, task)),
+            "training_rows": len(probe_training_rows(cfg, task, real_budget, real_subset)),
             "min_probability": cfg.gates.labels.min_probability}
 
 
 class LabelProbe:
     """The label-fidelity probe of one pool: which real rows train it is fixed by the config."""
 
-    def __init__(self, cfg: GenerateConfig, task: Task, embedder):
-        self._meta = probe_meta(cfg, task)
+    def __init__(self, cfg: GenerateConfig, task: Task, embedder, real_budget: int, real_subset: int):
+        self._meta = probe_meta(cfg, task, real_budget, real_subset)
         self.min_probability = cfg.gates.labels.min_probability
         self.reason = self._meta["reason"]
         train = task.splits["train"]
-        indices = probe_training_rows(cfg, task)
+        indices = probe_training_rows(cfg, task, real_budget, real_subset)
         self.training_ids = [train["id"][i] for i in indices]
         x = embedder.embed([train["text"][i] for i in indices], progress=False)
         self.params = train_probe(x, [train["label"][i] for i in indices], task.num_labels)
@@ -264,8 +265,10 @@ class LabelProbe:
 class Gates:
     """The gates of one generation job; `apply` gates a chunk of parsed rows before it is stored."""
 
-    def __init__(self, cfg: GenerateConfig, task: Task, must_end_with: str = ""):
+    def __init__(self, cfg: GenerateConfig, task: Task, must_end_with: str = "", *, real_budget: int = 0,
+                 real_subset: int = 0):
         self.job, self.cfg, self.task, self.must_end_with = cfg, cfg.gates, task, must_end_with
+        self.real_rows = (real_budget, real_subset)  # what the label probe may train on
         self.dedup = cfg.dedup
         self._accepted: np.ndarray | None = None  # embeddings of the pool's accepted rows, row order
         self._accepted_keys: set[str] = set()
@@ -279,12 +282,12 @@ class Gates:
 
     @functools.cached_property
     def probe(self) -> LabelProbe | None:
-        return (LabelProbe(self.job, self.task, self.embedder) if self.cfg.labels.label_probe != "off"
-                else None)
+        return (LabelProbe(self.job, self.task, self.embedder, *self.real_rows)
+                if self.cfg.labels.label_probe != "off" else None)
 
     def meta(self) -> dict:
         """What the gates are, for pool.json (part of the pool's identity)."""
-        return {"label_probe": probe_meta(self.job, self.task)}
+        return {"label_probe": probe_meta(self.job, self.task, *self.real_rows)}
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -98,14 +98,13 @@ class QualityConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
-    """`jaxdiv score`: every section of the metric suite."""
+    """The score stage's own settings: how a pool's columns are read and every section of the
+    metric suite. The real task to compare against is passed to `score_pool` beside it."""
 
     text_column: str = param("text", help="pool column holding the text")
     label_column: str = param("label", help="pool column holding the intended label ('' for none)")
     parse_error_column: str = param("parse_error", help="pool column whose non-empty value marks a row "
                                                         "that failed to parse (absent: only blank texts do)")
-    real: str = param("", help="a real task to measure shift and label fidelity against ('' for none)")
-    task: TaskConfig = section(TaskConfig)
     mesh: MeshConfig = section(MeshConfig)
     diversity: DiversityConfig = section(DiversityConfig)
     lexical: LexicalConfig = section(LexicalConfig)
@@ -113,10 +112,18 @@ class ScoreConfig:
     shift: ShiftConfig = section(ShiftConfig)
     bootstrap: BootstrapConfig = section(BootstrapConfig)
     embedder: EmbedderConfig = section(EmbedderConfig)
-    workdir: str = param("", help="where the JSON report and the resolved config are written; empty: "
-                         "runs/score/<pool name> (the pool folder's or file's name), so scoring a "
-                         "second pool never overwrites the first")
 
     def check(self) -> None:
         if not self.text_column:
             raise ConfigError("text_column: must name a column")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreJob(ScoreConfig):
+    """`jaxdiv score`: the stage's settings plus the real task and where the report goes."""
+
+    real: str = param("", help="a real task to measure shift and label fidelity against ('' for none)")
+    task: TaskConfig = section(TaskConfig)
+    workdir: str = param("", help="where the JSON report and the resolved config are written; empty: "
+                         "runs/score/<pool name> (the pool folder's or file's name), so scoring a "
+                         "second pool never overwrites the first")

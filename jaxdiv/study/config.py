@@ -10,7 +10,7 @@ from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.mix.config import PROTOCOLS, MixConfig
 from jaxdiv.report.config import ReportConfig
 from jaxdiv.score.config import ScoreConfig
-from jaxdiv.train.config import SFTJobConfig, TrainJobConfig
+from jaxdiv.train.config import SFTConfig, TrainConfig
 
 
 MECHANISMS = ("prompt", "select")
@@ -94,25 +94,18 @@ class GridConfig:
             raise ConfigError(f"max_pool_rows: {self.max_pool_rows} is below the rows first planned ({planned})")
 
 
-# Keys of the stage sections that the study sets itself, from `task`, `grid` and `workdir`.
-# Setting them by hand would be silently overwritten, so it is an error.
-STUDY_OWNED = {
-    "generate": ("task", "workdir", "n", "seed", "real_budget", "real_subset"),
-    "score": ("task", "real", "workdir"),
-    "train": ("task", "workdir", "seed"),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """`jaxdiv run`: generate pools per level, score them, mix them with real budgets, fine-tune
-    every cell, and report downstream quality against diversity, proportion and budget."""
+    every cell, and report downstream quality against diversity, proportion and budget. The stage
+    sections hold only their stage's settings; the study passes each stage the task, its workdir
+    and the grid's values (rows, seeds, budget, subset) itself."""
 
     task: TaskConfig = section(TaskConfig)
     generate: GenerateConfig = section(GenerateConfig)
     score: ScoreConfig = section(ScoreConfig)
     mix: MixConfig = section(MixConfig)
-    train: TrainJobConfig = section(TrainJobConfig)
+    train: TrainConfig = section(TrainConfig)
     grid: GridConfig = section(GridConfig)
     report: ReportConfig = section(ReportConfig)
     test_domains: tuple[str, ...] = param((), help="registered tasks whose test splits every cell is also "
@@ -128,12 +121,6 @@ class StudyConfig:
     def check(self) -> None:
         if unknown := [d for d in self.test_domains if d not in TASKS]:
             raise ConfigError(f"test_domains: {unknown} are not registered tasks ({sorted(TASKS)})")
-        for name, keys in STUDY_OWNED.items():
-            stage, default = getattr(self, name), type(getattr(self, name))()
-            for key in keys:
-                if getattr(stage, key) != getattr(default, key):
-                    raise ConfigError(f"{name}.{key}: set by the study (from task, grid or workdir); "
-                                      f"leave it at its default")
 
 
 # ---------------------------------------------------------------------------
@@ -169,12 +156,11 @@ class ChainsConfig:
             raise ConfigError("seeds: needs at least one value")
 
 
-# Keys the experiment sets itself (per round or from task/workdir/seed); leave them at default.
-SELF_CONSUME_OWNED = {
-    "generate": ("task", "workdir", "n", "seed", "backend"),
-    "score": ("task", "real", "workdir"),
-    "train": ("task", "workdir", "seed"),
-    "sft": ("workdir", "seed"),
+# Stage settings the experiment sets per round (G_t is the generator and the SFT's checkpoint, a
+# local one, so the backend is jax; the SFT rows are the round's pool rows, after the system turn
+# every pool prompt came after); leave them at their defaults.
+SET_PER_ROUND = {
+    "generate": ("backend",),
     "sft.model": ("checkpoint", "pretrained"),
     "sft.data": ("path", "system_prompt"),
 }
@@ -188,8 +174,8 @@ class SelfConsumeConfig:
     task: TaskConfig = section(TaskConfig)
     generate: GenerateConfig = section(GenerateConfig)
     score: ScoreConfig = section(ScoreConfig)
-    train: TrainJobConfig = section(TrainJobConfig)
-    sft: SFTJobConfig = section(SFTJobConfig)
+    train: TrainConfig = section(TrainConfig)
+    sft: SFTConfig = section(SFTConfig)
     chains: ChainsConfig = section(ChainsConfig)
     workdir: str = param("runs/self_consume", help="the experiment directory: generators, pools, "
                                                    "cells, results, report")
@@ -197,12 +183,12 @@ class SelfConsumeConfig:
                               "same row seeds, so rounds differ only by their generator")
 
     def check(self) -> None:
-        for name, keys in SELF_CONSUME_OWNED.items():
+        for name, keys in SET_PER_ROUND.items():
             stage = self
             for part in name.split("."):
                 stage = getattr(stage, part)
             default = type(stage)()
             for key in keys:
                 if getattr(stage, key) != getattr(default, key):
-                    raise ConfigError(f"{name}.{key}: set by the experiment (per round, or from task, "
-                                      f"workdir or seed); leave it at its default")
+                    raise ConfigError(f"{name}.{key}: set by the experiment (per round); leave it at "
+                                      f"its default")

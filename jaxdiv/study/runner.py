@@ -8,7 +8,7 @@
              vmapped in groups                                                  (mix, score, train)
           -> results.parquet, pools.parquet, accepted_rows.parquet, report/    (report)
 
-A pool's few-shot demonstrations come from its cell's real rows (GenerateConfig.real_budget =
+A pool's few-shot demonstrations come from its cell's real rows (run_generate's real_budget =
 the budget, real_subset = the subset seed), so pools are keyed by budget and subset as well as
 level and generation seed; pools with equal keys are shared. Levels compared with each other
 hold the same number of synthetic rows per class: a pool short of accepted rows in a class is
@@ -50,6 +50,7 @@ from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.io import atomic_write_bytes, atomic_write_text
 from jaxdiv.mix.mixture import Cell, Mixture, build_mixture
 from jaxdiv.report.report import write_report
+from jaxdiv.score.config import ScoreConfig
 from jaxdiv.study.cache import content_key, read_json, write_json
 from jaxdiv.study.config import StudyConfig
 
@@ -84,11 +85,9 @@ def replicates(cfg: StudyConfig) -> list[Replicate]:
     return [Replicate(b, s, g) for b in grid.budgets for s in grid.subsets for g in grid.generation_seeds]
 
 
-def generation_config(cfg: StudyConfig, level: int, replicate: Replicate, n: int, workdir: str) -> GenerateConfig:
-    generate = cfg.generate
-    return dataclasses.replace(
-        generate, task=cfg.task, recipe=dataclasses.replace(generate.recipe, level=level), n=n,
-        seed=replicate.gen_seed, real_budget=replicate.budget, real_subset=replicate.subset, workdir=workdir)
+def generation_config(cfg: StudyConfig, level: int) -> GenerateConfig:
+    """The generate section at one diversity level."""
+    return dataclasses.replace(cfg.generate, recipe=dataclasses.replace(cfg.generate.recipe, level=level))
 
 
 def synthetic_need(cfg: StudyConfig, task: Task, budget: int) -> tuple[int, ...]:
@@ -133,15 +132,16 @@ def ensure_pools(cfg: StudyConfig, task: Task, workdir: Path, progress: bool) ->
     for replicate in replicates(cfg):
         need = synthetic_need(cfg, task, replicate.budget)
         for level, rows in planned.items():
-            settings = generation_config(cfg, level, replicate, rows, "")
-            key = content_key({k: v for k, v in configlib.to_dict(settings).items() if k != "n"})
+            settings = generation_config(cfg, level)
+            key = content_key(settings, cfg.task, replicate)  # n left out: an extended pool keeps its key
             directory = workdir / "pools" / f"D{level}-{replicate.name()}-{key}"
             while rows:
                 if not Pool.is_complete(directory, rows):
                     if generator is None:
                         generator = make_generator_backend(cfg.generate)
-                    run_generate(dataclasses.replace(settings, n=rows, workdir=str(directory)),
-                                 backend=generator, progress=progress)
+                    run_generate(settings, task=cfg.task, n=rows, workdir=directory, seed=replicate.gen_seed,
+                                 real_budget=replicate.budget, real_subset=replicate.subset, backend=generator,
+                                 progress=progress)
                 pool = Pool.open(directory)
                 have = accepted_per_class(pool, task.label_names)
                 rows = next_pool_rows(len(pool), have, need, cap or rows)
@@ -171,11 +171,10 @@ def make_generator_backend(generate: GenerateConfig):
 # Score: pools and training sets, through one lazily loaded embedder.
 
 class Scorer:
-    """Scores row sets against the real task, caching each report under the study directory.
-    `cfg`: any job config with `task` and `score` sections (a StudyConfig, a SelfConsumeConfig)."""
+    """Scores row sets against the real task, caching each report under the study directory."""
 
-    def __init__(self, cfg: StudyConfig, task: Task, workdir: Path):
-        self.cfg = dataclasses.replace(cfg.score, task=cfg.task)
+    def __init__(self, cfg: ScoreConfig, task: Task, workdir: Path):
+        self.cfg = cfg
         self.task = task
         self.directory = workdir / "scores"
         self._embedder = None
@@ -386,7 +385,7 @@ class PlannedCell:
 
 def plan_cells(cfg: StudyConfig, sources: list[Source]) -> list[PlannedCell]:
     grid = cfg.grid
-    base = content_key(cfg.task, cfg.mix, dataclasses.replace(cfg.train, workdir="", seed=0), cfg.score,
+    base = content_key(cfg.task, cfg.mix, cfg.train, cfg.score,
                        *([list(cfg.test_domains)] if cfg.test_domains else []))  # keys without domains unchanged
     planned = [PlannedCell(cell, None, content_key(base, REAL_ONLY, dataclasses.asdict(cell)))
                for budget in grid.budgets for subset in grid.subsets for seed in grid.seeds
@@ -439,10 +438,9 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
         group_key = content_key([item.key for item, _, _ in group])
         runs = [RunSpec(train_rows=mixture.rows, seed=item.cell.seed, name=item.key)
                 for item, mixture, _ in group]
-        train_cfg = dataclasses.replace(cfg.train, task=cfg.task)
         started = time.perf_counter()
-        outcomes = train_classifier_runs(train_cfg, runs, eval_splits,
-                                         workdir / "train" / group_key, label_names=task.label_names)
+        outcomes = train_classifier_runs(cfg.train, runs, eval_splits, workdir / "train" / group_key,
+                                         task=cfg.task, label_names=task.label_names)
         seconds = (time.perf_counter() - started) / len(group)
         for (item, mixture, report), outcome in zip(group, outcomes):
             result = {"cell": dataclasses.asdict(item.cell), "counts": mixture.counts,
@@ -538,7 +536,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     slots = ensure_pools(cfg, task, workdir, progress)
     timed("generate", started)
     started = time.perf_counter()
-    scorer = Scorer(cfg, task, workdir)
+    scorer = Scorer(cfg.score, task, workdir)
     sources = build_sources(cfg, task, slots, scorer, workdir, progress)
     write_table(pool_table(cfg, task, sources, scorer, progress), workdir / POOLS_FILE)
     write_table(accepted_table(task, sources), workdir / ACCEPTED_FILE, csv=False)

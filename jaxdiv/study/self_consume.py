@@ -43,10 +43,12 @@ from jaxdiv import configlib
 from jaxdiv.data.pool import ACCEPTED, Pool
 from jaxdiv.data.tasks import Task, load_task
 from jaxdiv.errors import JaxdivError
+from jaxdiv.generate.config import GenerateConfig
 from jaxdiv.report.self_consume import write_report
 from jaxdiv.study.cache import content_key, read_json, write_json
 from jaxdiv.study.config import SelfConsumeConfig
 from jaxdiv.study.runner import Scorer, make_generator_backend, metric_columns, write_table
+from jaxdiv.train.config import SFTConfig
 
 RESULT_FILE = "results.parquet"
 REAL_DRAW, EVAL_DRAW = 1, 2  # purposes of the seeded real-row draws
@@ -83,15 +85,15 @@ def base_generator(cfg: SelfConsumeConfig) -> Generator:
     return Generator(0, content_key("base", weights_hash(path)), path)
 
 
-def generation_config(cfg: SelfConsumeConfig, generator: Generator, directory: str):
-    generate = cfg.generate
-    return dataclasses.replace(generate, task=cfg.task, n=cfg.chains.pool_rows, seed=cfg.seed,
-                               workdir=directory, jax=dataclasses.replace(generate.jax, model=str(generator.path)))
+def generation_config(cfg: SelfConsumeConfig, generator: Generator) -> GenerateConfig:
+    """The generate section with G_t as the model."""
+    return dataclasses.replace(cfg.generate, jax=dataclasses.replace(cfg.generate.jax, model=str(generator.path)))
 
 
 def pool_key(cfg: SelfConsumeConfig, generator: Generator) -> str:
-    settings = generation_config(cfg, generator, "")
-    return content_key(dataclasses.replace(settings, jax=dataclasses.replace(settings.jax, model="")), generator.key)
+    """The pool's content hash: G_t enters by its key (its weights), not by its path."""
+    settings = dataclasses.replace(cfg.generate, jax=dataclasses.replace(cfg.generate.jax, model=""))
+    return content_key(settings, cfg.task, cfg.chains.pool_rows, cfg.seed, generator.key)
 
 
 def ensure_pool(cfg: SelfConsumeConfig, generator: Generator, workdir: Path, progress: bool) -> RoundPool:
@@ -102,10 +104,11 @@ def ensure_pool(cfg: SelfConsumeConfig, generator: Generator, workdir: Path, pro
     directory = workdir / "pools" / f"round{generator.round}-{key}"
     timing = workdir / "timings" / f"pool-{key}.json"
     if not Pool.is_complete(directory, cfg.chains.pool_rows):
-        settings = generation_config(cfg, generator, str(directory))
+        settings = generation_config(cfg, generator)
         started = time.perf_counter()
         backend = make_generator_backend(settings)
-        run_generate(settings, backend=backend, progress=progress)
+        run_generate(settings, task=cfg.task, n=cfg.chains.pool_rows, workdir=directory, seed=cfg.seed,
+                     backend=backend, progress=progress)
         del backend  # free the generator's weights before the next stage
         write_json(timing, {"seconds": time.perf_counter() - started})
     pool = Pool.open(directory)
@@ -156,21 +159,22 @@ def mixed_real_rows(cfg: SelfConsumeConfig, task: Task, chain: str, round_: int,
 # ---------------------------------------------------------------------------
 # Fine-tune: G_t -> G_{t+1}.
 
-def sft_settings(cfg: SelfConsumeConfig, parent: Generator, workdir: str):
+def sft_settings(cfg: SelfConsumeConfig, parent: Generator) -> SFTConfig:
+    """The SFT section fine-tuning G_t: its checkpoint, the system turn of every pool prompt."""
     from jaxdiv.generate.recipes import SYSTEM
 
     sft = cfg.sft
-    return dataclasses.replace(
-        sft, model=dataclasses.replace(sft.model, checkpoint=str(parent.path)), workdir=workdir, seed=cfg.seed,
-        data=dataclasses.replace(sft.data, system_prompt=SYSTEM))  # the turn every pool prompt came after
+    return dataclasses.replace(sft, model=dataclasses.replace(sft.model, checkpoint=str(parent.path)),
+                               data=dataclasses.replace(sft.data, system_prompt=SYSTEM))
 
 
 def generator_key(cfg: SelfConsumeConfig, chain: str, parent: Generator, pool: RoundPool) -> str:
-    settings = sft_settings(cfg, parent, "")
+    """G_{t+1}'s content hash: G_t enters by its key (not its path); logging and checkpointing left out."""
+    settings = sft_settings(cfg, parent)
     settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, checkpoint=""),
                                    log=type(settings.log)(), checkpoint=type(settings.checkpoint)())
     mixing = {"real_fraction": cfg.chains.real_fraction} if chain == "mix_real" else {}
-    return content_key(parent.key, pool.key, settings, chain, mixing)
+    return content_key(parent.key, pool.key, settings, cfg.seed, chain, mixing)
 
 
 def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent: Generator, pool: RoundPool,
@@ -187,7 +191,7 @@ def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent
         synthetic = [{"prompt": row["prompt"], "response": row["text"]} for row in pool.accepted]
         real = mixed_real_rows(cfg, task, chain, parent.round, pool)
         started = time.perf_counter()
-        result = train_sft(sft_settings(cfg, parent, str(run_dir)), synthetic + real, eval_rows, run_dir)
+        result = train_sft(sft_settings(cfg, parent), synthetic + real, eval_rows, run_dir, seed=cfg.seed)
         save_hf_checkpoint(result["params"], result["architecture"], result["tokenizer"], directory)
         record = {"steps": result["steps"], "train_loss": result["train"].get("loss", math.nan),
                   "heldout_real_loss": result["eval"]["loss"], "seconds": time.perf_counter() - started,
@@ -221,8 +225,8 @@ def train_round_classifiers(cfg: SelfConsumeConfig, task: Task, cells: dict[str,
     if todo:
         runs = [RunSpec(train_rows=cells[key][0], seed=cells[key][1], name=key) for key in todo]
         started = time.perf_counter()
-        outcomes = train_classifier_runs(dataclasses.replace(cfg.train, task=cfg.task), runs,
-                                         {"test": task.splits["test"]}, workdir / "train" / content_key(todo),
+        outcomes = train_classifier_runs(cfg.train, runs, {"test": task.splits["test"]},
+                                         workdir / "train" / content_key(todo), task=cfg.task,
                                          label_names=task.label_names)
         seconds = (time.perf_counter() - started) / len(todo)
         for key, outcome in zip(todo, outcomes):
@@ -239,12 +243,12 @@ def run_self_consumption(cfg: SelfConsumeConfig, progress: bool = True) -> Path:
     workdir = Path(cfg.workdir)
     configlib.save_config(cfg, workdir)
     task = load_task(cfg.task)
-    scorer = Scorer(cfg, task, workdir)
+    scorer = Scorer(cfg.score, task, workdir)
     chains = cfg.chains.chains
     generators = dict.fromkeys(chains, base_generator(cfg))
     records: list[dict[str, Any]] = []
     eval_rows: list[dict[str, Any]] = []
-    cell_base = content_key(cfg.task, dataclasses.replace(cfg.train, workdir="", seed=0, log=type(cfg.train.log)()))
+    cell_base = content_key(cfg.task, dataclasses.replace(cfg.train, log=type(cfg.train.log)()))
     for round_ in tqdm(range(cfg.chains.rounds), desc="self-consumption rounds", unit="round", disable=not progress):
         pools = {chain: ensure_pool(cfg, generators[chain], workdir, progress) for chain in chains}
         reports, cells, row_cells = {}, {}, {}

@@ -1,4 +1,6 @@
-"""Config sections of the training stage, composed into `TrainJobConfig` (see configs/train_trec.py)."""
+"""Config sections of the training stage: `TrainConfig` and `SFTConfig` (the stage sections a study
+holds), and the `jaxdiv train` jobs that extend them (`TrainJobConfig`, see configs/train_trec.py;
+`SFTJobConfig`)."""
 
 from __future__ import annotations
 
@@ -105,16 +107,23 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainJobConfig:
-    """Fine-tune an encoder classifier on a task or on rows from a file."""
+class TrainConfig:
+    """The classifier-training stage's own settings. The task, workdir and seed are passed to
+    `train_classifier` / `train_classifier_runs` beside it."""
 
-    task: TaskConfig = section(TaskConfig)
     model: ModelConfig = section(ModelConfig)
     optim: OptimConfig = section(OptimConfig)
     mesh: MeshConfig = section(MeshConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig)
     distributed: DistributedConfig = section(DistributedConfig)
     log: LogConfig = section(LogConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJobConfig(TrainConfig):
+    """`jaxdiv train` of a classifier: fine-tune an encoder on a task or on rows from a file."""
+
+    task: TaskConfig = section(TaskConfig)
     workdir: str = param("runs/train", help="outputs: config, metrics, checkpoints, results")
     seed: int = param(0, help="seed of init, data order and dropout")
 
@@ -161,8 +170,9 @@ class LMModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTJobConfig:
-    """Supervised fine-tuning of a causal LM on (prompt, response) pairs, loss on response tokens."""
+class SFTConfig:
+    """The SFT stage's own settings: supervised fine-tuning of a causal LM on (prompt, response)
+    pairs, loss on response tokens. The workdir and seed are passed to `train_sft` beside it."""
 
     data: SFTDataConfig = section(SFTDataConfig)
     model: LMModelConfig = section(LMModelConfig)
@@ -171,5 +181,11 @@ class SFTJobConfig:
     checkpoint: CheckpointConfig = section(CheckpointConfig)
     distributed: DistributedConfig = section(DistributedConfig)
     log: LogConfig = section(LogConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTJobConfig(SFTConfig):
+    """`jaxdiv train` of a causal LM (SFT)."""
+
     workdir: str = param("runs/sft", help="outputs: config, metrics, checkpoints, results")
     seed: int = param(0, help="seed of init, data order and split")

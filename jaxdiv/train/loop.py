@@ -1,6 +1,6 @@
 """`train_classifier`: fine-tune an encoder classifier on any (text, label) rows.
 
-    result = train_classifier(cfg, train_rows, {"validation": val_rows, "test": test_rows}, workdir)
+    result = train_classifier(cfg, train_rows, {"validation": val_rows, "test": test_rows}, workdir, seed=0)
 
 Rows are a `datasets.Dataset`, a list of {"text", "label"} dicts or a CSV/JSONL/parquet file.
 The run writes <workdir>/config.json, metrics.jsonl, tb/, checkpoints/ and results.json, and
@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from jaxdiv import configlib
 from jaxdiv.configlib import ConfigError
+from jaxdiv.data.tasks import TaskConfig
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
 from jaxdiv.sharding import Rules, batch_sharding, make_mesh, shard_count
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
-from jaxdiv.train.config import OptimConfig, TrainJobConfig
+from jaxdiv.train.config import OptimConfig, TrainConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.metrics import MetricsWriter, Throughput, bert_train_flops, classification_metrics
 from jaxdiv.train.state import (ModelSpec, build_model, create_state, decayed_keys, make_optimizer, model_dir,
@@ -61,8 +62,8 @@ class Prepared:
     label_names: tuple[str, ...]
 
 
-def prepare(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any],
-            label_names: tuple[str, ...] | None = None) -> Prepared:
+def prepare(cfg: TrainConfig, train_rows: Any, eval_splits: Mapping[str, Any],
+            label_names: tuple[str, ...] | None = None, *, seed: int) -> Prepared:
     texts, labels, names = data_lib.read_rows(train_rows, label_names, what="train rows")
     tokenizer = load_tokenizer(model_dir(cfg.model))
     encode = lambda t, y: data_lib.encode_rows(tokenizer, t, y, cfg.model.max_length)
@@ -70,7 +71,7 @@ def prepare(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any]
     for split, rows in eval_splits.items():
         eval_texts, eval_labels, _ = data_lib.read_rows(rows, names, what=f"{split} rows")
         evals[split] = encode(eval_texts, eval_labels)
-    return Prepared(build_model(cfg.model, len(names), cfg.seed), encode(texts, labels), evals, names)
+    return Prepared(build_model(cfg.model, len(names), seed), encode(texts, labels), evals, names)
 
 
 def evaluate(eval_step, state, rows: data_lib.EncodedRows, batch_size: int, shardings) -> dict[str, float]:
@@ -108,12 +109,13 @@ def jit_train_step(spec: ModelSpec, tx, optim: OptimConfig, mesh, rules: Rules, 
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
 
-def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, flops_per_step: float = 0.0,
-        evaluate_fn: Callable[..., None] | None = None) -> Fitted:
+def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, seed: int, loss_fn=None,
+        flops_per_step: float = 0.0, evaluate_fn: Callable[..., None] | None = None) -> Fitted:
     """The training loop shared by every model: sharded state (or the latest good checkpoint),
     the jitted step over deterministic global batches, metrics, progress, checkpoints.
 
-    `cfg` has the optim, mesh, checkpoint, log and seed fields of a job config; `train` has
+    `cfg` has the optim, mesh, checkpoint and log sections of a stage config; `seed` seeds the
+    init's dropout key and the data order; `train` has
     `len()` and `take(indices) -> {name: array}` (an `EncodedRows` or `sft.EncodedPairs`);
     `loss_fn` is a `step.LossFn` (default: the classifier's); `evaluate_fn(state, shardings,
     mesh, step, writer)` runs and logs the evaluations (every optim.eval_every steps and at the end).
@@ -128,11 +130,11 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
                           f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} x tensor={mesh.shape['tensor']}")
     tx = make_optimizer(optim, decayed_keys(spec))
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
-    abstract, shardings = create_state(spec, tx, mesh, rules, cfg.seed, optim.learning_rate, steps,
+    abstract, shardings = create_state(spec, tx, mesh, rules, seed, optim.learning_rate, steps,
                                       materialize=False)
     restored = checkpointer.restore_latest(abstract) if cfg.checkpoint.resume else None
     if restored is None:
-        state, _ = create_state(spec, tx, mesh, rules, cfg.seed, optim.learning_rate, steps)
+        state, _ = create_state(spec, tx, mesh, rules, seed, optim.learning_rate, steps)
     else:
         state = restored[0]
     start = int(to_host(state["step"]))
@@ -148,7 +150,7 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
                disable=not cfg.log.progress or jax.process_index() != 0)
     values: dict[str, float] = {}
     for step in range(start, steps):
-        host_batch = train.take(data_lib.batch_indices(cfg.seed, step, optim.batch_size, len(train)))
+        host_batch = train.take(data_lib.batch_indices(seed, step, optim.batch_size, len(train)))
         state, metrics = train_step(state, data_lib.global_batch(host_batch, batch_shardings))
         throughput.add(int(host_batch["attention_mask"].sum()))
         done = step + 1
@@ -163,7 +165,7 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
             evaluate_fn(state, shardings, mesh, done, writer)
         if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == steps:
             checkpointer.save(done, state, {"step": done, "examples_seen": done * optim.batch_size,
-                                            "data_seed": cfg.seed, "num_rows": len(train)})
+                                            "data_seed": seed, "num_rows": len(train)})
     bar.close()
     checkpointer.close()
     if evaluate_fn:
@@ -172,16 +174,20 @@ def fit(cfg: Any, spec: ModelSpec, train: Any, workdir: Path, *, loss_fn=None, f
     return Fitted(state, shardings, mesh, steps, start, values)
 
 
-def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[str, Any] | None = None,
-                     workdir: str | Path | None = None, *, label_names: tuple[str, ...] | None = None
-                     ) -> dict[str, Any]:
-    """Train, evaluate on each eval split, and return {"steps", "label_names", "eval": {split:
-    {loss, accuracy, macro_f1}}, "train": last train metrics, "params": final params (host)}."""
+def train_classifier(cfg: TrainConfig, train_rows: Any, eval_splits: Mapping[str, Any] | None,
+                     workdir: str | Path, *, seed: int, task: TaskConfig | None = None,
+                     label_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Train with `seed` (init, data order, dropout), evaluate on each eval split, and return
+    {"steps", "label_names", "eval": {split: {loss, accuracy, macro_f1}}, "train": last train
+    metrics, "params": final params (host)}. `task`: the task the rows come from, recorded (and
+    checked on resume) in config.json with the seed and workdir."""
     initialize(cfg.distributed)
-    workdir = Path(workdir or cfg.workdir)
+    workdir = Path(workdir)
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
-    prepared = prepare(cfg, train_rows, eval_splits or {}, label_names)
+        shared = {**({"task": task} if task is not None else {}), "workdir": str(workdir), "seed": seed}
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None,
+                              shared=shared)
+    prepared = prepare(cfg, train_rows, eval_splits or {}, label_names, seed=seed)
     spec = prepared.spec
     evals: dict[str, dict[str, float]] = {}
     compiled: dict[str, Any] = {}
@@ -200,7 +206,7 @@ def train_classifier(cfg: TrainJobConfig, train_rows: Any, eval_splits: Mapping[
 
     flops = bert_train_flops(spec.config, spec.num_labels, cfg.optim.batch_size, cfg.model.max_length,
                              cfg.model.frozen_layers)
-    fitted = fit(cfg, spec, prepared.train, workdir, flops_per_step=flops, evaluate_fn=evaluate_all)
+    fitted = fit(cfg, spec, prepared.train, workdir, seed=seed, flops_per_step=flops, evaluate_fn=evaluate_all)
     results = {"eval": evals, "train": fitted.train_metrics, "steps": fitted.steps,
                "label_names": list(prepared.label_names), "resumed_from": fitted.resumed_from,
                "workdir": str(workdir)}

@@ -14,6 +14,8 @@ batch from the table, so steps run only the trained layers.
 
     results = train_classifier_runs(cfg, [RunSpec(rows_a, seed=0), RunSpec(rows_b, seed=1,
                                     learning_rate=1e-4)], {"test": test_rows}, workdir)
+
+The runs' seeds are their RunSpecs'; config.json records the stage section (and `task`, if given).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxdiv import configlib
+from jaxdiv.data.tasks import TaskConfig
 from jaxdiv.io import atomic_write_text
 from jaxdiv.models.bert import load_tokenizer
 from jaxdiv.sharding import Rules, make_mesh, named_sharding, rules_without, shard_count
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS, Checkpointer
-from jaxdiv.train.config import TrainJobConfig
+from jaxdiv.train.config import TrainConfig
 from jaxdiv.train.loop import to_host, total_steps
 from jaxdiv.train.metrics import MetricsWriter, classification_metrics
 from jaxdiv.train.state import (build_model, decayed_keys, init_state, make_optimizer, model_dir,
@@ -79,17 +82,19 @@ def frozen_feature_table(spec, encoded: Sequence[data_lib.EncodedRows], batch_si
     return {"features": np.concatenate(chunks), "attention_mask": mask}, rows
 
 
-def train_classifier_runs(cfg: TrainJobConfig, runs: Sequence[RunSpec],
-                          eval_splits: Mapping[str, Any] | None = None, workdir: str | Path | None = None,
-                          *, label_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+def train_classifier_runs(cfg: TrainConfig, runs: Sequence[RunSpec], eval_splits: Mapping[str, Any] | None,
+                          workdir: str | Path, *, task: TaskConfig | None = None,
+                          label_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Train all runs in one vmapped program; returns one result dict per run, in order
     ({"name", "seed", "learning_rate", "steps", "eval": {split: metrics}, "params"})."""
     if not runs:
         raise configlib.ConfigError("train_classifier_runs: no runs given")
-    workdir = Path(workdir or cfg.workdir)
+    workdir = Path(workdir)
     optim = cfg.optim
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
+        shared = {**({"task": task} if task is not None else {}), "workdir": str(workdir)}
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None,
+                              shared=shared)
     tokenizer = load_tokenizer(model_dir(cfg.model))
     encoded, names = [], label_names
     for index, run in enumerate(runs):

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of a causal LM (the shared `jaxdiv.models.llama.Llama`) on
 (prompt, response) pairs, with the loss on response tokens only.
 
-    result = train_sft(cfg, rows, eval_rows, workdir)   # rows: [{"prompt", "response"}, ...]
+    result = train_sft(cfg, rows, eval_rows, workdir, seed=0)   # rows: [{"prompt", "response"}, ...]
 
 Each pair becomes `chat(prompt) + response + EOS` (the prompt wrapped as a user turn of the
 model's chat template after an optional `data.system_prompt` turn, ending with the assistant header), cut to `model.max_length` and
@@ -28,7 +28,7 @@ from jaxdiv.io import atomic_write_text
 from jaxdiv.sharding import batch_sharding
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS
-from jaxdiv.train.config import LMModelConfig, SFTJobConfig
+from jaxdiv.train.config import LMModelConfig, SFTConfig
 from jaxdiv.train.distributed import initialize
 from jaxdiv.train.loop import fit, to_host
 from jaxdiv.train.state import ModelSpec, replicated, spec_of
@@ -50,7 +50,7 @@ class EncodedPairs:
                 "loss_mask": self.loss_mask[index]}
 
 
-def read_pairs(source: Any, cfg: SFTJobConfig) -> list[tuple[str, str]]:
+def read_pairs(source: Any, cfg: SFTConfig) -> list[tuple[str, str]]:
     """(prompt, response) pairs from a list of dicts, a `datasets.Dataset` or a file; a blank
     or missing field raises DataError naming the row."""
     import datasets
@@ -170,24 +170,25 @@ def llama_train_flops(cfg, batch: int, length: int, *, causal_once: bool = False
     return 3.0 * forward_flops(cfg, batch, length, length / 2 if causal_once else length)
 
 
-def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdir: str | Path | None = None
-              ) -> dict[str, Any]:
-    """Fine-tune; returns {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train
-    metrics, "params": final params (host), "architecture": the LlamaConfig, "tokenizer": the
-    ChatTokenizer} (the last three are what `checkpoints.save_hf_checkpoint` takes). Without eval_rows,
-    data.eval_fraction of the rows is held out."""
+def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *, seed: int) -> dict[str, Any]:
+    """Fine-tune with `seed` (init, data order, the held-out split) into `workdir`; returns
+    {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train metrics, "params":
+    final params (host), "architecture": the LlamaConfig, "tokenizer": the ChatTokenizer} (the last
+    three are what `checkpoints.save_hf_checkpoint` takes). Without rows, data.path's; without
+    eval_rows, data.eval_fraction of the rows is held out."""
     initialize(cfg.distributed)
-    workdir = Path(workdir or cfg.workdir)
+    workdir = Path(workdir)
     if jax.process_index() == 0:
-        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None)
+        configlib.save_config(cfg, workdir, resume_safe=RESUME_SAFE_KEYS if cfg.checkpoint.resume else None,
+                              shared={"workdir": str(workdir), "seed": seed})
     if rows is None and not cfg.data.path:
         raise configlib.ConfigError("data.path: no rows given; set data.path or pass --train-rows")
     pairs = read_pairs(rows if rows is not None else cfg.data.path, cfg)
     if eval_rows is None:
-        pairs, eval_pairs = split_pairs(pairs, cfg.data.eval_fraction, cfg.seed)
+        pairs, eval_pairs = split_pairs(pairs, cfg.data.eval_fraction, seed)
     else:
         eval_pairs = read_pairs(eval_rows, cfg)
-    spec, tokenizer = build_lm(cfg.model, cfg.seed)
+    spec, tokenizer = build_lm(cfg.model, seed)
     encode = lambda p: encode_pairs(tokenizer, p, cfg.model.max_length, cfg.data.chat_template,
                                     cfg.data.system_prompt)
     train, evals = encode(pairs), encode(eval_pairs) if eval_pairs else None
@@ -216,7 +217,8 @@ def train_sft(cfg: SFTJobConfig, rows: Any = None, eval_rows: Any = None, workdi
         writer.write(step, "eval/heldout", results["eval"])
 
     flops = llama_train_flops(spec.config, cfg.optim.batch_size, cfg.model.max_length)
-    fitted = fit(cfg, spec, train, workdir, loss_fn=lm_loss(spec), flops_per_step=flops, evaluate_fn=evaluate)
+    fitted = fit(cfg, spec, train, workdir, seed=seed, loss_fn=lm_loss(spec), flops_per_step=flops,
+                 evaluate_fn=evaluate)
     results.update(steps=fitted.steps, train=fitted.train_metrics, resumed_from=fitted.resumed_from,
                    num_pairs=len(pairs), eval_pairs=len(eval_pairs), workdir=str(workdir))
     if jax.process_index() == 0:

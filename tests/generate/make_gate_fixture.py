@@ -22,8 +22,8 @@ from jaxdiv.configlib import apply_overrides
 from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import TaskConfig, load_task
 from jaxdiv.generate.backends import make_backend
-from jaxdiv.generate.config import GenerateConfig
-from jaxdiv.generate.runner import run_generate
+from jaxdiv.generate.config import GenerateJob
+from jaxdiv.generate.runner import run_generate_job
 
 HAND_LABELS = ("Read and labelled by hand: truncated = cut off at the token limit mid-sentence; echo = "
                "restates the prompt's instruction or (nearly) copies a few-shot example; chatter = talks "
@@ -51,12 +51,12 @@ def main() -> None:
     cases, backend = [], None
     with tempfile.TemporaryDirectory() as scratch:
         for task_name, recipe, level, rows, max_new in RUNS:
-            cfg = apply_overrides(GenerateConfig(), list(COMMON) + [
+            cfg = apply_overrides(GenerateJob(), list(COMMON) + [
                 f"task.name={task_name}", f"recipe.name={recipe}", f"recipe.level={level}", f"n={rows}",
                 f"sampling.max_new_tokens={max_new}", f"recipe.topics_cache={scratch}/topics",
                 f"workdir={scratch}/{task_name}-{recipe}-{level}-{max_new}", "seed=7"])
             backend = backend or make_backend(cfg)  # one loaded model for every run
-            pool: Pool = run_generate(cfg, backend=backend, progress=True)
+            pool: Pool = run_generate_job(cfg, backend=backend, progress=True)
             train = load_task(TaskConfig(name=task_name)).splits["train"]
             text_of = dict(zip(train["id"], train["text"]))
             for row in pool.rows():

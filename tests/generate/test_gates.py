@@ -15,7 +15,7 @@ import pytest
 from jaxdiv.configlib import apply_overrides
 from jaxdiv.data.pool import ACCEPTED, Pool
 from jaxdiv.data.tasks import budget_rows
-from jaxdiv.generate.config import GatesConfig, GenerateConfig
+from jaxdiv.generate.config import GatesConfig, GenerateConfig, GenerateJob
 from jaxdiv.generate.gates import (CHATTER, ECHO, LABEL_PROBE, LABEL_PROBE_ORACLE, NEAR_DUPLICATE,
                                    TRUNCATED, LabelProbe, is_truncated, near_duplicate_verdicts,
                                    rule_reason)
@@ -118,8 +118,8 @@ def test_near_duplicates_are_decided_in_row_order_against_kept_rows(embedder):
 
 
 def test_budget_probe_trains_on_the_cells_rows_only_and_oracle_on_all(trec_task, embedder):
-    cfg = apply_overrides(GenerateConfig(), ["real_budget=8", "real_subset=3"])
-    budget = LabelProbe(cfg, trec_task, embedder)
+    cfg = GenerateConfig()
+    budget = LabelProbe(cfg, trec_task, embedder, real_budget=8, real_subset=3)
     train = trec_task.splits["train"]
     groups = budget_rows(train, trec_task.num_labels, 8, 3)
     budget_ids = {train["id"][i] for rows in groups.values() for i in rows}
@@ -127,9 +127,10 @@ def test_budget_probe_trains_on_the_cells_rows_only_and_oracle_on_all(trec_task,
     assert budget.meta() == {"arm": "budget", "oracle": False, "reason": LABEL_PROBE,
                              "trained_on": "the cell's real budget rows", "training_rows": 48,
                              "min_probability": 0.5}
-    other = LabelProbe(apply_overrides(cfg, ["real_subset=4"]), trec_task, embedder)
+    other = LabelProbe(cfg, trec_task, embedder, real_budget=8, real_subset=4)
     assert set(other.training_ids) != budget_ids
-    oracle = LabelProbe(apply_overrides(cfg, ["gates.labels.label_probe=oracle"]), trec_task, embedder)
+    oracle = LabelProbe(apply_overrides(cfg, ["gates.labels.label_probe=oracle"]), trec_task, embedder,
+                        real_budget=8, real_subset=3)
     assert oracle.reason == LABEL_PROBE_ORACLE and oracle.meta()["oracle"]
     assert "ORACLE" in oracle.meta()["trained_on"] and len(oracle.training_ids) == len(train)
     # on real test questions the oracle keeps more correctly labelled rows than the 8-per-class probe
@@ -146,14 +147,14 @@ def test_generation_applies_the_gates_and_resumes_to_the_same_decisions(smollm2_
     the gate's name, accepted rows pass every rule, and a pool whose last chunks were lost is
     regenerated to exactly the same rows and decisions."""
     from jaxdiv.generate.backends import JaxBackend
-    from jaxdiv.generate.runner import run_generate
+    from jaxdiv.generate.runner import run_generate_job
     from jaxdiv.score.pool_reader import read_pool
 
     backend = JaxBackend(smollm2_generator, "jax:smollm2-135m-instruct", "test")
-    cfg = apply_overrides(GenerateConfig(), [
+    cfg = apply_overrides(GenerateJob(), [
         "recipe.name=temperature", "recipe.level=6", "n=16", "chunk_rows=4", "real_budget=8",
         "sampling.max_new_tokens=24", f"workdir={tmp_path / 'pool'}", "gates.labels.min_probability=0.3"])
-    pool = run_generate(cfg, backend=backend, progress=False)
+    pool = run_generate_job(cfg, backend=backend, progress=False)
     meta = json.loads((tmp_path / "pool" / "pool.json").read_text())
     assert meta["gates"]["label_probe"]["arm"] == "budget" and meta["gates"]["label_probe"]["training_rows"] == 48
     rows = pool.rows()
@@ -176,7 +177,7 @@ def test_generation_applies_the_gates_and_resumes_to_the_same_decisions(smollm2_
     # resume: lose the last two chunks, run again: the same rows, texts and decisions
     for chunk in sorted((tmp_path / "pool" / "rows").glob("chunk-*.jsonl"))[-2:]:
         chunk.unlink()
-    again = run_generate(cfg, backend=backend, progress=False).rows()
+    again = run_generate_job(cfg, backend=backend, progress=False).rows()
     fields = ("row", "text", "status", "reason")
     assert [{k: r[k] for k in fields} for r in again] == [{k: r[k] for k in fields} for r in rows]
 

@@ -7,15 +7,15 @@ from jaxdiv.configlib import apply_overrides
 from jaxdiv.data.pool import Pool
 from jaxdiv.data.tasks import budget_rows, load_task
 from jaxdiv.generate.backends import JaxBackend
-from jaxdiv.generate.config import GenerateConfig, JaxBackendConfig
-from jaxdiv.generate.runner import run_generate
+from jaxdiv.generate.config import GenerateJob, JaxBackendConfig
+from jaxdiv.generate.runner import run_generate_job
 from jaxdiv.generate.sampler import JaxGenerator, auto_prompt_width
 
 
 def test_long_few_shot_prompts_run_with_automatic_buckets(smollm2, tmp_path):
     topics = tmp_path / "topics.txt"
     topics.write_text("car chases\nold westerns\n")
-    cfg = apply_overrides(GenerateConfig(), [
+    cfg = apply_overrides(GenerateJob(), [
         "task.name=movie_sentiment", "recipe.name=topics", "recipe.level=0", "recipe.few_shot=8",
         f"recipe.topics_file={topics}", "real_budget=8", "real_subset=2", "n=4", "chunk_rows=4",
         "sampling.max_new_tokens=12", "jax.max_batch=4", "jax.decode_chunk=4", f"workdir={tmp_path / 'pool'}"])
@@ -25,7 +25,7 @@ def test_long_few_shot_prompts_run_with_automatic_buckets(smollm2, tmp_path):
     generator = JaxGenerator(model, tokenizer, batch_buckets=cfg.jax.batch_buckets,
                              max_batch=cfg.jax.max_batch, prompt_buckets=cfg.jax.prompt_buckets,
                              decode_chunk=cfg.jax.decode_chunk)
-    pool = run_generate(cfg, backend=JaxBackend(generator, "jax:smollm2-135m-instruct", "test"),
+    pool = run_generate_job(cfg, backend=JaxBackend(generator, "jax:smollm2-135m-instruct", "test"),
                         progress=False)
     rows = pool.rows()
     assert len(rows) == 4 and all(r["completion_tokens"] > 0 and r["raw_output"] for r in rows)

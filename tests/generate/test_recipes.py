@@ -169,6 +169,7 @@ def test_demonstrations_come_from_the_cells_budget(trec_task, topics_file):
 
 def test_all_train_demonstrations_are_a_recorded_leak(trec_task, topics_file, tmp_path):
     from jaxdiv.configlib import apply_overrides
+    from jaxdiv.data.tasks import TaskConfig
     from jaxdiv.generate.config import GenerateConfig
     from jaxdiv.generate.runner import pool_meta
 
@@ -180,14 +181,15 @@ def test_all_train_demonstrations_are_a_recorded_leak(trec_task, topics_file, tm
     whole = _recipe(trec_task, topics_file, n=6, demonstrations="all_train")  # no budget: no leak
     assert not whole.label_leak
 
-    def meta(*overrides):
-        return pool_meta(apply_overrides(GenerateConfig(), list(overrides)), trec_task, BACKEND)
+    def meta(*overrides, real_budget=0, real_subset=0):
+        return pool_meta(apply_overrides(GenerateConfig(), list(overrides)), TaskConfig(name=trec_task.name),
+                         trec_task, BACKEND, n=6, seed=0, real_budget=real_budget, real_subset=real_subset)
 
-    assert meta("recipe.demonstrations=all_train", "real_budget=8")["label_leak"] is True
-    assert meta("real_budget=8")["label_leak"] is False
+    assert meta("recipe.demonstrations=all_train", real_budget=8)["label_leak"] is True
+    assert meta(real_budget=8)["label_leak"] is False
     assert meta("recipe.demonstrations=all_train")["label_leak"] is False
     # the budget and the real subset are part of a pool's identity
-    hashes = {meta(*o)["identity_hash"] for o in [(), ("real_budget=8",), ("real_budget=8", "real_subset=1")]}
+    hashes = {meta(**o)["identity_hash"] for o in [{}, {"real_budget": 8}, {"real_budget": 8, "real_subset": 1}]}
     assert len(hashes) == 3
     with pytest.raises(ConfigError, match="demonstrations: 'some' is not budget or all_train"):
         apply_overrides(GenerateConfig(), ["recipe.demonstrations=some"])

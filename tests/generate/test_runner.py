@@ -15,8 +15,8 @@ import pytest
 from jaxdiv.configlib import apply_overrides
 from jaxdiv.data.pool import Pool
 from jaxdiv.generate.backends import JaxBackend, OpenAIBackend
-from jaxdiv.generate.config import GenerateConfig, OpenAIBackendConfig
-from jaxdiv.generate.runner import run_generate
+from jaxdiv.generate.config import GenerateJob, OpenAIBackendConfig
+from jaxdiv.generate.runner import run_generate_job
 from jaxdiv.generate.sampler import GenerationError, Request, SamplingParams
 from jaxdiv.generate.server import ChatHandler, make_server
 
@@ -148,13 +148,13 @@ def test_pool_through_the_openai_backend_with_llm_topics(server, jax_backend, tm
     rows carry provenance, and the API key never reaches the pool directory."""
     monkeypatch.setenv("JAXDIV_TEST_KEY", "sk-secret-test-key")
     FaultyHandler.faults[:] = []
-    cfg = apply_overrides(GenerateConfig(), [
+    cfg = apply_overrides(GenerateJob(), [
         "backend=openai", f"openai.base_url={server}", "openai.model=smollm2",
         "openai.api_key_env=JAXDIV_TEST_KEY", "openai.backoff_s=0.01", "openai.timeout_s=120",
         "recipe.name=topics", "recipe.level=1", f"recipe.topics_cache={tmp_path / 'topics'}",
         "n=8", "chunk_rows=8", "sampling.max_new_tokens=32", f"workdir={tmp_path / 'pool'}"])
     backend = _openai(server, timeout_s=120.0)
-    pool = run_generate(cfg, backend=backend, progress=False)
+    pool = run_generate_job(cfg, backend=backend, progress=False)
     assert pool.counts()["rows"] == 8
     cached = list((tmp_path / "topics" / "trec").glob("*.json"))
     assert len(cached) == 1

@@ -42,9 +42,9 @@ def test_every_cell_is_evaluated_on_every_domain(tmp_path, study_cfg):
         "test": 2014, "test/sentiment_movie": 2014, "test/sentiment_amazon": 596, "test/sentiment_nyt": 586,
         "test/sentiment_tweets": 686}
     assert splits["test/sentiment_movie"] is task.splits["test"]  # the training domain is not reloaded
-    train_cfg = dataclasses.replace(study_cfg.train, task=study_cfg.task)
     runs = [RunSpec(train_rows=task.splits["train"].select(range(32)), seed=seed, name=f"s{seed}") for seed in (0, 1)]
-    outcomes = train_classifier_runs(train_cfg, runs, splits, tmp_path / "train", label_names=task.label_names)
+    outcomes = train_classifier_runs(study_cfg.train, runs, splits, tmp_path / "train", task=study_cfg.task,
+                                     label_names=task.label_names)
     for outcome in outcomes:
         result = {"test": outcome["eval"]["test"], "test_domains": domain_results(study_cfg, outcome["eval"])}
         columns = domain_accuracy_columns(task, result)

@@ -57,8 +57,11 @@ def test_configs_load_and_owned_keys_are_errors():
     assert gpu.chains.pool_rows >= 1000 and gpu.chains.rounds > load_config(CONFIGS / "self_consume_cpu.py").chains.rounds
     with pytest.raises(ConfigError, match="sft.model.checkpoint: set by the experiment"):
         apply_overrides(SelfConsumeConfig(), ["sft.model.checkpoint=other.gguf"])
-    with pytest.raises(ConfigError, match="generate.n: set by the experiment"):
-        apply_overrides(SelfConsumeConfig(), ["generate.n=5"])
+    for key in ("generate.n", "sft.seed", "train.workdir"):
+        with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+            apply_overrides(SelfConsumeConfig(), [f"{key}=5"])
+    with pytest.raises(ConfigError, match="generate.backend: set by the experiment"):
+        apply_overrides(SelfConsumeConfig(), ["generate.backend=openai"])
     with pytest.raises(ConfigError, match=r"chains.chains: unknown \['fresh'\]"):
         apply_overrides(SelfConsumeConfig(), ["chains.chains=replace,fresh"])
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jaxdiv.configlib import apply_overrides
-from jaxdiv.train.config import TrainJobConfig
+from jaxdiv.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,8 +17,8 @@ TINY = ["model.pretrained=false", "model.num_hidden_layers=2", "model.hidden_siz
         "optim.warmup_fraction=0.2", "log.progress=false", "checkpoint.every=0"]
 
 
-def tiny_config(*overrides: str) -> TrainJobConfig:
-    return apply_overrides(TrainJobConfig(), TINY + list(overrides))
+def tiny_config(*overrides: str) -> TrainConfig:
+    return apply_overrides(TrainConfig(), TINY + list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxdiv.configlib import load_config
+from jaxdiv.configlib import load_config, stage_part
 from jaxdiv.sharding import MeshConfig, make_mesh
 from jaxdiv.train.checkpoint import Checkpointer, CheckpointWarning
+from jaxdiv.train.config import TrainConfig
 from jaxdiv.train.loop import to_host, train_classifier
 from jaxdiv.train.state import build_model, create_state, decayed_keys, make_optimizer
 
@@ -47,8 +48,9 @@ def reference_run(trec_task, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     cfg = load_config(ROOT / "configs/train_trec.py", OVERRIDES)
     splits = trec_task.splits
-    result = train_classifier(cfg, splits["train"], {"validation": splits["validation"], "test": splits["test"]},
-                              workdir, label_names=trec_task.label_names)
+    result = train_classifier(stage_part(cfg, TrainConfig), splits["train"],
+                              {"validation": splits["validation"], "test": splits["test"]}, workdir, seed=cfg.seed,
+                              task=cfg.task, label_names=trec_task.label_names)
     return cfg, workdir, result
 
 

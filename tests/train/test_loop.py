@@ -22,7 +22,7 @@ def test_learns_writes_outputs_and_keeps_frozen_layers(trec_rows, tmp_path):
     train, evals, names = trec_rows
     cfg = tiny_config("optim.epochs=4", "log.every=4", "optim.eval_every=24", "optim.learning_rate=3e-3",
                       "model.frozen_layers=1")
-    result = train_classifier(cfg, train, {**evals, "train": train}, tmp_path, label_names=names)
+    result = train_classifier(cfg, train, {**evals, "train": train}, tmp_path, seed=0, label_names=names)
     assert result["steps"] == 48 and len(_train_losses(tmp_path)) == 12
     assert result["eval"]["train"]["loss"] < np.log(len(names)) - 0.1  # it fits its training rows
     test = result["eval"]["test"]
@@ -35,7 +35,7 @@ def test_learns_writes_outputs_and_keeps_frozen_layers(trec_rows, tmp_path):
     assert [r["step"] for r in records if r["split"] == "eval/test"] == [24, 48]
     assert {"examples_per_s", "tokens_per_s", "steps_per_s", "learning_rate", "grad_norm"} <= set(records[0])
     # the embeddings and layer 0 are frozen: bitwise unchanged; everything above has moved
-    initial = build_model(cfg.model, len(names), cfg.seed).initial
+    initial = build_model(cfg.model, len(names), 0).initial
     for key, value in result["params"].items():
         frozen = key.startswith("encoder/") and not key.startswith("encoder/layers/1/")
         assert np.array_equal(value, initial[key]) == frozen, key
@@ -53,7 +53,7 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
     for (name, mesh), accum in zip(MESHES.items(), (1, 4, 1)):
         cfg = tiny_config("optim.steps=4", "log.every=1", "model.dropout=false", f"optim.grad_accum={accum}",
                           f"mesh.data={mesh.data}", f"mesh.fsdp={mesh.fsdp}", f"mesh.tensor={mesh.tensor}")
-        params[name] = train_classifier(cfg, train, {}, tmp_path / name, label_names=names)["params"]
+        params[name] = train_classifier(cfg, train, {}, tmp_path / name, seed=0, label_names=names)["params"]
         losses[name] = _train_losses(tmp_path / name)
     for name in MESHES:
         np.testing.assert_allclose(losses[name], losses["data8"], atol=1e-4, err_msg=name)
@@ -82,8 +82,8 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
 def test_bfloat16_compute_keeps_float32_params(trec_rows, tmp_path):
     train, _, names = trec_rows
     common = ("optim.steps=2", "model.dropout=false", "log.every=1")
-    f32 = train_classifier(tiny_config(*common), train, {}, tmp_path / "f32", label_names=names)
-    bf16 = train_classifier(tiny_config(*common, "model.compute_dtype=bfloat16"), train, {}, tmp_path / "bf16",
+    f32 = train_classifier(tiny_config(*common), train, {}, tmp_path / "f32", seed=0, label_names=names)
+    bf16 = train_classifier(tiny_config(*common, "model.compute_dtype=bfloat16"), train, {}, tmp_path / "bf16", seed=0,
                             label_names=names)
     assert all(v.dtype == np.float32 for v in bf16["params"].values())
     np.testing.assert_allclose(_train_losses(tmp_path / "bf16"), _train_losses(tmp_path / "f32"), atol=2e-2)

@@ -26,9 +26,10 @@ def test_each_run_equals_the_run_alone(trec_rows, tmp_path):
     assert results[0]["eval"]["test"] != results[3]["eval"]["test"]
     for index in (1, 2):  # a smaller subset with its own learning rate; a mixture with its own seed
         run = runs[index]
-        alone_cfg = dataclasses.replace(cfg, seed=run.seed, optim=dataclasses.replace(
+        alone_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
             cfg.optim, learning_rate=run.learning_rate or cfg.optim.learning_rate))
-        alone = train_classifier(alone_cfg, run.train_rows, evals, tmp_path / f"alone{index}", label_names=names)
+        alone = train_classifier(alone_cfg, run.train_rows, evals, tmp_path / f"alone{index}", seed=run.seed,
+                                 label_names=names)
         for key, value in alone["params"].items():
             np.testing.assert_allclose(results[index]["params"][key], value, atol=1e-5, err_msg=f"run {index} {key}")
         for metric, value in alone["eval"]["test"].items():
@@ -46,8 +47,8 @@ def test_runs_sharing_a_frozen_encoder_hold_it_once(trec_rows, tmp_path):
     results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs", label_names=names)
     frozen_key = "encoder/layers/0/query/kernel"
     assert results[0]["params"][frozen_key] is results[1]["params"][frozen_key]  # one shared copy
-    alone_cfg = dataclasses.replace(cfg, seed=5, optim=dataclasses.replace(cfg.optim, learning_rate=3e-3))
-    alone = train_classifier(alone_cfg, runs[1].train_rows, evals, tmp_path / "alone", label_names=names)
+    alone_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=3e-3))
+    alone = train_classifier(alone_cfg, runs[1].train_rows, evals, tmp_path / "alone", seed=5, label_names=names)
     for key, value in alone["params"].items():
         np.testing.assert_allclose(results[1]["params"][key], value, atol=1e-5, err_msg=key)
     assert results[1]["eval"]["test"]["loss"] == pytest.approx(alone["eval"]["test"]["loss"], abs=1e-5)
@@ -64,7 +65,7 @@ def test_runs_that_fit_neither_axis_are_padded_and_share_frozen_features(trec_ro
     assert [r["name"] for r in results] == ["0", "20", "40"] and all(r["steps"] == 2 for r in results)
     frozen_key = "encoder/layers/0/query/kernel"
     assert results[0]["params"][frozen_key] is results[2]["params"][frozen_key]  # one shared copy
-    alone_cfg = dataclasses.replace(cfg, seed=2, mesh=MeshConfig(data=4, tensor=2))  # batch 4 fits
-    alone = train_classifier(alone_cfg, runs[2].train_rows, evals, tmp_path / "alone", label_names=names)
+    alone_cfg = dataclasses.replace(cfg, mesh=MeshConfig(data=4, tensor=2))  # batch 4 fits
+    alone = train_classifier(alone_cfg, runs[2].train_rows, evals, tmp_path / "alone", seed=2, label_names=names)
     for key, value in alone["params"].items():
         np.testing.assert_allclose(results[2]["params"][key], value, atol=1e-5, err_msg=key)

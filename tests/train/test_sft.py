@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdiv.configlib import apply_overrides
-from jaxdiv.train.config import SFTJobConfig
+from jaxdiv.train.config import SFTConfig
 from jaxdiv.train.data import DataError
 from jaxdiv.train.sft import build_lm, encode_pairs, lm_loss, lm_trainable, read_pairs, train_sft
 
@@ -21,8 +21,8 @@ TINY_LM = ["model.pretrained=false", "model.num_layers=2", "model.hidden_size=64
 
 @pytest.fixture(scope="module")
 def tiny_lm(smollm2_gguf):
-    cfg = apply_overrides(SFTJobConfig(), TINY_LM + [f"model.checkpoint={smollm2_gguf}"])
-    spec, tokenizer = build_lm(cfg.model, cfg.seed)
+    cfg = apply_overrides(SFTConfig(), TINY_LM + [f"model.checkpoint={smollm2_gguf}"])
+    spec, tokenizer = build_lm(cfg.model, 0)
     return cfg, spec, tokenizer
 
 
@@ -74,10 +74,10 @@ def test_loss_matches_float64_reference(tiny_lm, pairs):
 
 
 def test_sft_run_learns_the_responses(tiny_lm, pairs, smollm2_gguf, tmp_path):
-    cfg = apply_overrides(SFTJobConfig(), TINY_LM + [f"model.checkpoint={smollm2_gguf}", "optim.epochs=3",
+    cfg = apply_overrides(SFTConfig(), TINY_LM + [f"model.checkpoint={smollm2_gguf}", "optim.epochs=3",
                                                      "log.every=3", "mesh.data=2", "mesh.fsdp=2",
                                                      "mesh.tensor=2"])
-    result = train_sft(cfg, pairs[:32], pairs[48:], tmp_path)
+    result = train_sft(cfg, pairs[:32], pairs[48:], tmp_path, seed=0)
     assert result["steps"] == 24 and result["eval_pairs"] == 16
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
               if r["split"] == "train"]
@@ -91,7 +91,7 @@ def test_sft_run_learns_the_responses(tiny_lm, pairs, smollm2_gguf, tmp_path):
     directory = save_hf_checkpoint(result["params"], result["architecture"], result["tokenizer"], tmp_path / "hf")
     reloaded, tokenizer = load_pretrained(directory)
     ids = np.asarray([tokenizer.encode(pairs[0]["prompt"])])
-    spec, _ = build_lm(cfg.model, cfg.seed)
+    spec, _ = build_lm(cfg.model, 0)
     np.testing.assert_array_equal(reloaded(ids), spec.apply(result["params"])(ids))
 
 
