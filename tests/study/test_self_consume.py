@@ -19,11 +19,12 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 def tiny_overrides(workdir: Path) -> list[str]:
-    """2 rounds x both chains, 12-row pools of 16-token questions, 2 SFT steps of the top 2 layers,
-    a 1-layer classifier: the real components at their smallest useful size."""
+    """2 rounds x both chains, 12-row pools of 32-token questions (no label probe), 2 SFT steps of
+    the top 2 layers, a 1-layer classifier: the real components at their smallest useful size."""
     return [
         f"workdir={workdir}", "chains.rounds=2", "chains.pool_rows=12", "chains.seeds=0,1",
-        "chains.sft_eval_rows=4", "generate.sampling.max_new_tokens=16", "generate.jax.batch_buckets=(12,)",
+        "chains.sft_eval_rows=4", "generate.sampling.max_new_tokens=32", "generate.jax.batch_buckets=(12,)",
+        "generate.gates.labels.label_probe=off",  # 12 rows: the gates are not what this test is about
         "generate.chunk_rows=12", "score.bootstrap.samples=2", "score.quality.classifier_steps=20",
         "train.model.pretrained=false", "train.model.num_hidden_layers=1", "train.model.hidden_size=32",
         "train.model.num_attention_heads=2", "train.model.intermediate_size=64", "train.model.frozen_layers=0",
