@@ -207,11 +207,10 @@ def write_section(args, table, samples, timings) -> None:
         oracle = next(r for r in table if r["level"] == level and "ORACLE" in r["pool"])
         ratio = budget["s_per_accepted"] / before["s_per_accepted"]
         filed = FILED_ACCEPTED_SHARE.get(level)
+        against = filed / (budget["accepted"] / budget["rows"]) if filed else None
         against_filed = (f"; against the pipeline the issue measured ({filed:.0%} of planned rows accepted, "
-                         f"gates off, few-shot rows as a list) x{filed / (budget['accepted'] / budget['rows']):.1f} "
-                         f"at equal time per planned row (target <= x2: "
-                         f"{'met' if filed / (budget['accepted'] / budget['rows']) <= 2 else 'NOT met'})"
-                         if filed else "")
+                         f"gates off, few-shot rows as a list) x{against:.1f} at equal time per planned row "
+                         f"(target <= x2: {'met' if against <= 2 else 'NOT met'})" if filed else "")
         lines.append(
             f"- {level}: fidelity {before['fidelity']:.2f} -> {budget['fidelity']:.2f} (target >= 0.75: "
             f"{'met' if budget['fidelity'] >= 0.75 else 'NOT met'}; ORACLE arm {oracle['fidelity']:.2f}, "

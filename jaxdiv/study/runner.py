@@ -16,8 +16,8 @@ generated further (a pool's identity leaves out n, so it keeps its rows), up to
 grid.max_pool_rows, and then grid.short_pools decides (an error, or shrink: recorded per row).
 
 Every stage's output is stored under the study directory, keyed by a content hash of
-everything it depends on (`jaxdiv.study.cache`). Re-running a finished study only rewrites the tables and the
-report; adding a level, proportion, budget or seed computes only the new pools and
+everything it depends on (`jaxdiv.study.cache`). Re-running a finished study only rewrites the
+tables and the report; adding a level, proportion, budget or seed computes only the new pools and
 cells; a killed study resumes (pools resume row by row, training groups resume from
 their orbax checkpoints, finished cells are never trained again).
 
@@ -195,8 +195,11 @@ class Scorer:
         from jaxdiv.score.suite import score_pool
 
         cfg = dataclasses.replace(self.cfg, bootstrap=dataclasses.replace(self.cfg.bootstrap, samples=bootstrap))
-        left_out = ({"rejected": pool.counts()["rejected"], "parse_failures": pool.parse_failures(),
-                     "rejections": pool.reasons()} if pool is not None else {})
+        left_out = {}
+        if pool is not None:
+            counts = pool.counts()
+            left_out = {"rejected": counts["rejected"], "parse_failures": pool.parse_failures(),
+                        "rejections": counts["reasons"]}
         path = self.directory / f"{content_key(cfg, sorted(zip(texts, labels)), left_out)}.json"
         if (cached := read_json(path)) is not None:
             return cached
@@ -341,7 +344,7 @@ def pool_table(cfg: StudyConfig, task: Task, sources: list[Source], scorer: Scor
         intervals = {f"{e['metric']}_ci": f"[{e['ci_low']:.3g}, {e['ci_high']:.3g}]"
                      for e in report["metrics"] if e["ci_low"] is not None
                      and e["metric"] in ("vendi_q1", "dcscore", "mmd2")}
-        reasons = counts.get("reasons") or pool.reasons()  # the gates' per-reason counts where kept
+        reasons = counts["reasons"]
         rows.append({**source_columns(source), "parent_pool": source.slot.key, "rows": counts["rows"],
                      "accepted": counts["accepted"], "used_rows": source.rows.num_rows,
                      **{"reject_" + re.sub(r"\W+", "_", reason).strip("_"): count
