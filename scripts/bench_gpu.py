@@ -6,7 +6,7 @@
 Sections, all models randomly initialised at the real shapes (speed does not depend on the
 weight values; correctness is tested on the CPU against the real weights), bf16 compute on
 both sides:
-1. decoder SFT step (`jaxdiv.train.loop.jit_train_step` with `sft.lm_loss`, AdamW, per-layer
+1. decoder SFT step (`jaxdiv.train.engine.build_program` with `sft.lm_loss`, AdamW, per-layer
    remat) at seq 2048 on the Llama-3.2-1B and SmolLM2-1.7B shapes: tokens/s and MFU
    (6·N·T + causal attention counted once, against 788 TFLOP/s, the H200's measured bf16
    dense rate; on a CPU against this machine's measured bf16 matmul rate), beside
@@ -144,26 +144,22 @@ def llama_arch(fields: dict):
                        tie_embeddings=fields["tie_word_embeddings"], eos_token_ids=(2,), pad_token_id=2)
 
 
-def train_step_runner(spec, batch: dict[str, np.ndarray], loss_fn=None):
+def train_step_runner(spec, batch: dict[str, np.ndarray], loss_fn):
     """A run() of one jitted, sharded train step of `spec` on a fixed batch (the training loop's step)."""
-    from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
+    from jaxdiv.sharding import MeshConfig, make_mesh
     from jaxdiv.train import data as data_lib
     from jaxdiv.train.config import OptimConfig
-    from jaxdiv.train.loop import jit_train_step
-    from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
+    from jaxdiv.train.engine import build_program, init_args
 
     optim = OptimConfig(batch_size=len(batch["input_ids"]))
     mesh_cfg = MeshConfig(data=-1)
-    mesh, rules = make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules
-    tx = make_optimizer(optim, decayed_keys(spec))
-    state, shardings = create_state(spec, tx, mesh, rules, 0, optim.learning_rate, 1000)
-    batch_shardings = {k: batch_sharding(mesh, v.ndim, rules) for k, v in batch.items()}
-    step = jit_train_step(spec, tx, optim, mesh, rules, shardings, batch_shardings, loss_fn)
-    device_batch = data_lib.global_batch(batch, batch_shardings)
-    holder = {"state": state}
+    program = build_program(spec, optim, make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules, 1, loss_fn=loss_fn,
+                            batch_ndims={k: v.ndim for k, v in batch.items()})
+    device_batch = data_lib.global_batch({k: v[None] for k, v in batch.items()}, program.batch_shardings)
+    holder = {"state": program.init(*init_args(spec, [None], [0], [1000]))}
 
     def run():
-        holder["state"], metrics = step(holder["state"], device_batch)
+        holder["state"], metrics = program.train_step(holder["state"], device_batch, None)
         jax.block_until_ready(metrics)
 
     return run
@@ -247,6 +243,7 @@ def classifier_section(sizes: Sizes, directory: Path) -> list[dict]:
     from jaxdiv.models.bert import load_bert_classifier
     from jaxdiv.train.config import OptimConfig
     from jaxdiv.train.data import EncodedRows
+    from jaxdiv.train.classifier import classifier_loss
     from jaxdiv.train.state import spec_of
 
     num_labels, batch, length = 6, sizes.classifier_batch, sizes.classifier_length
@@ -255,7 +252,7 @@ def classifier_section(sizes: Sizes, directory: Path) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = EncodedRows(rng.integers(5, model.cfg.vocab_size, (batch, length)).astype(np.int32),
                        np.ones((batch, length), np.int32), rng.integers(0, num_labels, batch).astype(np.int32))
-    ours = median_seconds(train_step_runner(spec, rows.take(np.arange(batch))), sizes.classifier_steps)
+    ours = median_seconds(train_step_runner(spec, rows.take(np.arange(batch)), classifier_loss(spec)), sizes.classifier_steps)
     twin = build_twin(directory, spec).to(torch_device())
     timed = train_twin(twin, OptimConfig(batch_size=batch), rows, sizes.classifier_steps + 1, 0, progress=False,
                        compute_dtype="bfloat16")

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time
@@ -43,33 +42,31 @@ def matmul_gflops(size: int = 2048) -> float:
 
 def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32"):
     from jaxdiv.configlib import apply_overrides
-    from jaxdiv.sharding import MeshConfig, batch_sharding, make_mesh
+    from jaxdiv.models.bert import load_tokenizer
+    from jaxdiv.sharding import MeshConfig, make_mesh
     from jaxdiv.train import data as data_lib
+    from jaxdiv.train.classifier import build_model, classifier_loss, model_dir
     from jaxdiv.train.config import TrainConfig
-    from jaxdiv.train.loop import prepare
+    from jaxdiv.train.engine import build_program, init_args
     from jaxdiv.train.metrics import bert_train_flops
-    from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
-    from jaxdiv.train.step import make_train_step
 
     cfg = apply_overrides(TrainConfig(), [f"optim.batch_size={batch}", f"model.max_length={length}",
                                           f"model.compute_dtype={dtype}"])
-    prepared = prepare(cfg, task.splits["train"], {}, task.label_names, seed=0)
-    spec = prepared.spec
+    spec = build_model(cfg.model, len(task.label_names), seed=0)
+    texts, labels, _ = data_lib.read_rows(task.splits["train"], task.label_names)
+    rows = data_lib.encode_rows(load_tokenizer(model_dir(cfg.model)), texts, labels, length)
     mesh_cfg = MeshConfig(data=-1)
-    mesh, rules = make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules
-    tx = make_optimizer(cfg.optim, decayed_keys(spec))
-    state, shardings = create_state(spec, tx, mesh, rules, 0, cfg.optim.learning_rate, 1000)
-    batch_shardings = {k: batch_sharding(mesh, 1 if k == "labels" else 2, rules)
-                       for k in ("input_ids", "attention_mask", "labels")}
-    step = jax.jit(make_train_step(spec, tx, cfg.optim), in_shardings=(shardings, batch_shardings),
-                   out_shardings=(shardings, None), donate_argnums=0)
-    host = prepared.train.take(data_lib.batch_indices(0, 0, batch, len(prepared.train)))
+    mesh = make_mesh(mesh_cfg)
+    # the engine's program for one run (R = 1), as train_classifier runs it
+    program = build_program(spec, cfg.optim, mesh, mesh_cfg.logical_axis_rules, 1, loss_fn=classifier_loss(spec),
+                            batch_ndims={"input_ids": 2, "attention_mask": 2, "labels": 1})
+    host = rows.take(data_lib.batch_indices(0, 0, batch, len(rows)))
     host["attention_mask"][:] = 1  # every position real, as in the torch run
-    device_batch = data_lib.global_batch(host, batch_shardings)
-    holder = {"state": state}
+    device_batch = data_lib.global_batch({k: v[None] for k, v in host.items()}, program.batch_shardings)
+    holder = {"state": program.init(*init_args(spec, [None], [0], [1000]))}
 
     def run():
-        holder["state"], metrics = step(holder["state"], device_batch)
+        holder["state"], metrics = program.train_step(holder["state"], device_batch, None)
         jax.block_until_ready(metrics)
 
     seconds = median_time(run, steps)
@@ -104,16 +101,14 @@ def torch_step(minilm_dir, host, num_labels: int, steps: int, dtype: str = "floa
 def ablation_runs(task, runs: int, rows_per_run: int):
     from jaxdiv.configlib import apply_overrides
     from jaxdiv.train.config import TrainConfig
-    from jaxdiv.train.loop import train_classifier
-    from jaxdiv.train.runs import RunSpec, train_classifier_runs
+    from jaxdiv.train.classifier import RunSpec, train_classifier, train_classifier_runs
 
     cfg = apply_overrides(TrainConfig(), [
         "model.frozen_layers=5", "model.max_length=32", "optim.batch_size=16", "optim.epochs=1",
         "optim.learning_rate=1e-3", "log.progress=false", "log.tensorboard=false", "checkpoint.every=0",
         "mesh.data=-1"])
     train = task.splits["train"]
-    specs = [RunSpec(train.select(range(i * rows_per_run, (i + 1) * rows_per_run)), seed=i,
-                     learning_rate=1e-3 * (1 + i % 3)) for i in range(runs)]
+    specs = [RunSpec(train.select(range(i * rows_per_run, (i + 1) * rows_per_run)), seed=i) for i in range(runs)]
     evals = {"validation": task.splits["validation"].select(range(128))}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -121,8 +116,7 @@ def ablation_runs(task, runs: int, rows_per_run: int):
         vmapped = time.perf_counter() - start
         start = time.perf_counter()
         for index, run in enumerate(specs):
-            run_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=run.learning_rate))
-            train_classifier(run_cfg, run.train_rows, evals, f"{tmp}/seq{index}", seed=run.seed,
+            train_classifier(cfg, run.train_rows, evals, f"{tmp}/seq{index}", seed=run.seed,
                              label_names=task.label_names)
         sequential = time.perf_counter() - start
     return vmapped, sequential

@@ -11,8 +11,8 @@ from jaxdiv.configlib import ConfigError, apply_overrides, from_dict, load_confi
 from jaxdiv.sharding import (MeshConfig, batch_sharding, logical_to_spec, make_mesh, named_sharding, rules_without,
                              shard_count)
 from jaxdiv.train.config import TrainJobConfig
-from jaxdiv.train.runs import run_rules
-from jaxdiv.train.state import build_model, create_state, decayed_keys, make_optimizer
+from jaxdiv.train.classifier import build_model, classifier_loss
+from jaxdiv.train.engine import build_program, run_rules
 
 from tests.train.conftest import tiny_config
 
@@ -45,9 +45,10 @@ def test_the_train_state_is_placed_by_the_configs_rules():
     for overrides, expected in (((), P("fsdp", "tensor")), ((OVERRIDE,), P(None, "fsdp"))):
         cfg = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", *overrides)
         spec = build_model(cfg.model, 6, 0)
-        state, _ = create_state(spec, make_optimizer(cfg.optim, decayed_keys(spec)), make_mesh(cfg.mesh),
-                                cfg.mesh.logical_axis_rules, 0, 1e-3, 10, materialize=False)
-        assert state["trainable"]["encoder/layers/0/intermediate/kernel"].sharding.spec == expected, overrides
+        program = build_program(spec, cfg.optim, make_mesh(cfg.mesh), cfg.mesh.logical_axis_rules, 1,
+                                loss_fn=classifier_loss(spec), batch_ndims={"input_ids": 2, "labels": 1})
+        state = program.abstract_state()
+        assert state["trainable"]["encoder/layers/0/intermediate/kernel"].sharding.spec == P(None, *expected), overrides
 
 
 def test_the_run_axis_is_replicated_when_the_runs_do_not_divide_its_mesh_axes():

@@ -4,7 +4,7 @@ As MaxText's `train_compile.py`: `jax.experimental.topologies` describes the pod
 (libtpu, the `tpu` extra), the config's mesh is laid over them, and each program is lowered
 from `ShapeDtypeStruct`s carrying `NamedSharding`s and compiled by the TPU compiler. Nothing
 is allocated: the model is built with `nnx.eval_shape`. The programs are the ones jaxdiv runs,
-from the same builders: the classifier train step (`train.loop.jit_train_step`), the
+from the same builders: the classifier train step (`train.engine.build_program`), the
 decoder's full SFT step (the same, with `train.sft.lm_loss`), and the generator's prefill
 and decode (`generate.sampler.JaxGenerator`).
 
@@ -178,18 +178,19 @@ def _llama_config(cfg: CompileConfig):
 # ---------------------------------------------------------------------------
 # The programs: each returns (jitted function, abstract args, static kwargs, mesh, batch, analytic FLOPs).
 
-def _train_program(spec, optim, mesh, rules, batch_shapes, loss_fn, seed: int):
-    from jaxdiv.train.loop import jit_train_step
-    from jaxdiv.train.state import create_state, decayed_keys, make_optimizer
+def _train_program(spec, optim, mesh, rules, batch_shapes, loss_fn):
+    """The engine's train step for one run (R = 1), as `jaxdiv train` runs it."""
+    from jaxdiv.train.engine import build_program
 
-    tx = make_optimizer(optim, decayed_keys(spec))
-    state, shardings = create_state(spec, tx, mesh, rules, seed, optim.learning_rate, 1000, materialize=False)
-    batch, batch_shardings = _batch_inputs(mesh, rules, batch_shapes)
-    return jit_train_step(spec, tx, optim, mesh, rules, shardings, batch_shardings, loss_fn), (state, batch), {}
+    program = build_program(spec, optim, mesh, rules, 1, loss_fn=loss_fn,
+                            batch_ndims={k: len(shape) for k, (shape, _) in batch_shapes.items()})
+    batch = {k: _abstract((1,) + shape, dtype, program.batch_shardings[k]) for k, (shape, dtype) in batch_shapes.items()}
+    return program.train_step, (program.abstract_state(), batch, None), {}
 
 
 def classifier_program(cfg: CompileConfig, devices):
     from jaxdiv.models import bert
+    from jaxdiv.train.classifier import classifier_loss
     from jaxdiv.train.config import OptimConfig
     from jaxdiv.train.metrics import bert_train_flops
     from jaxdiv.train.state import spec_of
@@ -206,7 +207,7 @@ def classifier_program(cfg: CompileConfig, devices):
     step, args, static = _train_program(
         spec, OptimConfig(batch_size=c.batch_size), mesh, rules,
         {"input_ids": (shape, jnp.int32), "attention_mask": (shape, jnp.int32), "labels": (shape[:1], jnp.int32)},
-        None, cfg.seed)
+        classifier_loss(spec))
     flops = bert_train_flops(arch, c.num_labels, c.batch_size, c.max_length)
     return step, args, static, mesh, f"{c.batch_size} x {c.max_length} tokens", flops
 
@@ -227,7 +228,7 @@ def sft_program(cfg: CompileConfig, devices):
     shape = (s.batch_size, s.max_length)
     step, args, static = _train_program(
         spec, OptimConfig(batch_size=s.batch_size, grad_accum=s.grad_accum), mesh, rules,
-        {k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}, lm_loss(spec), cfg.seed)
+        {k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}, lm_loss(spec))
     flops = llama_train_flops(arch, s.batch_size, s.max_length, causal_once=True)
     return step, args, static, mesh, f"{s.batch_size} x {s.max_length} tokens", flops
 

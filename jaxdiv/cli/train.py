@@ -49,7 +49,7 @@ def _train(args) -> int:
         return 0
 
     from jaxdiv.data.tasks import load_task
-    from jaxdiv.train.loop import train_classifier
+    from jaxdiv.train.classifier import train_classifier
 
     task = load_task(cfg.task)
     train_rows = args.train_rows or task.splits["train"]

@@ -100,7 +100,7 @@ class JaxSide:
     test rows, and the run's per-step losses and times, test metrics and peak memory."""
 
     job: Any  # the TrainJobConfig actually run
-    prepared: Any  # jaxdiv.train.loop.Prepared
+    prepared: Any  # jaxdiv.train.classifier.Prepared (one run)
     steps: int
     logits_batch: dict[str, np.ndarray]
     initial_logits: np.ndarray
@@ -112,11 +112,12 @@ class JaxSide:
 
 
 def run_jax_side(cfg: CompareJobConfig, train_source: Any = None, *, progress: bool = True) -> JaxSide:
-    """Train with `jaxdiv.train.loop.train_classifier` (logging every step, no resume) in
+    """Train with `jaxdiv.train.classifier.train_classifier` (logging every step, no resume) in
     <workdir>/jax. `train_source`: rows to train on (a file, a `datasets.Dataset` or dicts;
     default: the task's train split); evaluation is on the task's test split."""
     from jaxdiv.data.tasks import load_task
-    from jaxdiv.train.loop import prepare, total_steps, train_classifier
+    from jaxdiv.train.classifier import RunSpec, prepare, train_classifier
+    from jaxdiv.train.engine import total_steps
 
     workdir = Path(cfg.workdir)
     task = load_task(cfg.train.task)
@@ -128,7 +129,7 @@ def run_jax_side(cfg: CompareJobConfig, train_source: Any = None, *, progress: b
         checkpoint=dataclasses.replace(cfg.train.checkpoint, every=0, resume=False))
     shutil.rmtree(workdir / "jax", ignore_errors=True)  # a fresh curve each time (no resume)
 
-    prepared = prepare(job, train_rows, {"test": test_rows}, task.label_names, seed=job.seed)
+    prepared = prepare(job, [RunSpec(train_rows, job.seed)], {"test": test_rows}, task.label_names)
     batch, logits = initial_logits(prepared.spec, prepared.evals["test"])
     resettable = reset_peak_rss()
     result = train_classifier(configlib.stage_part(job, TrainConfig), train_rows, {"test": test_rows},
@@ -136,7 +137,7 @@ def run_jax_side(cfg: CompareJobConfig, train_source: Any = None, *, progress: b
     peak = peak_rss_mb()
     records = [json.loads(line) for line in (workdir / "jax" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["split"] == "train"]
-    return JaxSide(job, prepared, total_steps(job.optim, len(prepared.train)), batch, logits,
+    return JaxSide(job, prepared, total_steps(job.optim, len(prepared.train[0])), batch, logits,
                    [r["loss"] for r in train_records], [1.0 / r["steps_per_s"] for r in train_records],
                    result["eval"]["test"], peak, resettable)
 
@@ -147,7 +148,7 @@ def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bo
     import torch
 
     from jaxdiv.compare import torch_twin
-    from jaxdiv.train.state import model_dir
+    from jaxdiv.train.classifier import model_dir
 
     cfg = configlib.validate(cfg)
     workdir = Path(cfg.workdir)
@@ -160,7 +161,7 @@ def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bo
     reset_peak_rss()
     model = torch_twin.build_twin(model_dir(job.model), prepared.spec, job.model.frozen_layers)
     torch_logits = torch_twin.twin_logits(model, ours.logits_batch)
-    twin = torch_twin.train_twin(model, job.optim, prepared.train, steps, job.seed, progress=progress)
+    twin = torch_twin.train_twin(model, job.optim, prepared.train[0], steps, job.seed, progress=progress)
     torch_eval = torch_twin.evaluate_twin(model, prepared.evals["test"], job.optim.eval_batch_size)
     torch_peak = peak_rss_mb()
 
@@ -169,7 +170,7 @@ def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bo
     jax_speed = _speed(ours.step_seconds, job.optim.batch_size, ours.peak_rss_mb)
     torch_speed = _speed(twin["step_seconds"], job.optim.batch_size, torch_peak)
     report = {
-        "steps": steps, "train_rows": len(prepared.train), "test_rows": len(prepared.evals["test"]),
+        "steps": steps, "train_rows": len(prepared.train[0]), "test_rows": len(prepared.evals["test"]),
         "batch_size": job.optim.batch_size, "max_length": job.model.max_length,
         "initial_logits": {"rows": int(len(torch_logits)), "max_abs_diff": logits_gap,
                            "jax": ours.initial_logits.tolist(), "torch": torch_logits.tolist(),
@@ -189,6 +190,6 @@ def run_compare(cfg: CompareJobConfig, train_source: Any = None, *, progress: bo
     report["ok"] = report["initial_logits"]["ok"] and report["loss_curves"]["ok"]
     atomic_write_text(workdir / "compare.json", json.dumps(report, indent=2))
     atomic_write_bytes(workdir / "loss_curves.png", plot_curves(
-        ours.loss, twin["loss"], f"MiniLM fine-tune on {cfg.train.task.name}: {len(prepared.train)} rows, "
+        ours.loss, twin["loss"], f"MiniLM fine-tune on {cfg.train.task.name}: {len(prepared.train[0])} rows, "
                                  f"batch {job.optim.batch_size}, {steps} steps"))
     return report

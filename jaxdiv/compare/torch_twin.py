@@ -7,7 +7,7 @@ transformers' `BertForSequenceClassification` on the same checkpoint, trained ex
 - the same pooler/head initialisation (copied from the JAX model's initial weights);
 - AdamW with decay on matrices only (`decayed_keys`: kernels and embeddings, not biases or
   LayerNorm scales), the same betas/eps/decay, global-norm clipping, and the same
-  warmup + decay multiplier (`lr_multiplier`, evaluated once for every step);
+  warmup + decay schedule (`learning_rate_schedule`, evaluated once for every step);
 - frozen bottom layers and embeddings when `frozen_layers` > 0; dropout off.
 One documented difference: the JAX step averages `grad_accum` micro-batch means, the twin
 takes the whole batch at once (the same mean for equal micro-batches).
@@ -61,9 +61,9 @@ def make_twin_optimizer(model, optim: OptimConfig):
 
 def learning_rates(optim: OptimConfig, steps: int) -> np.ndarray:
     """The per-step learning rate of the JAX schedule (the JAX function itself, evaluated once)."""
-    from jaxdiv.train.state import lr_multiplier
+    from jaxdiv.train.state import learning_rate_schedule
 
-    return optim.learning_rate * np.asarray(lr_multiplier(optim, np.arange(steps), steps), np.float64)
+    return np.asarray(learning_rate_schedule(optim, steps)(np.arange(steps)), np.float64)
 
 
 def _tensors(batch: dict[str, np.ndarray], device: Any = "cpu") -> dict[str, Any]:

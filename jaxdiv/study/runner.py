@@ -410,7 +410,7 @@ def train_cells(cfg: StudyConfig, task: Task, planned: list[PlannedCell], scorer
                 progress: bool) -> dict[str, dict]:
     """{cell key: result}. Finished cells are read back; the rest are mixed, scored, and trained
     in vmapped groups of at most `train_group_size` that share shapes."""
-    from jaxdiv.train.runs import RunSpec, train_classifier_runs
+    from jaxdiv.train.classifier import RunSpec, train_classifier_runs
 
     cells_dir = workdir / "cells"
     no_synthetic = task.splits["train"].select([])

@@ -218,7 +218,7 @@ def train_round_classifiers(cfg: SelfConsumeConfig, task: Task, cells: dict[str,
                             workdir: Path) -> dict[str, dict]:
     """{cell key: result} for the cells {key: (rows, seed)} of one round; the unfinished ones train
     together in one vmapped program."""
-    from jaxdiv.train.runs import RunSpec, train_classifier_runs
+    from jaxdiv.train.classifier import RunSpec, train_classifier_runs
 
     results = {key: done for key in cells if (done := read_json(workdir / "cells" / f"{key}.json"))}
     todo = [key for key in cells if key not in results]

@@ -5,8 +5,8 @@
 
 Each pair becomes `chat(prompt) + response + EOS` (the prompt wrapped as a user turn of the
 model's chat template after an optional `data.system_prompt` turn, ending with the assistant header), cut to `model.max_length` and
-right-padded. Only positions predicting a response token (or the EOS) count in the loss. The
-loop, sharding, checkpoints and resume are those of `jaxdiv.train.loop.fit`.
+right-padded. Only positions predicting a response token (or the EOS) count in the loss. It
+trains as one run (R = 1) of `jaxdiv.train.engine.fit`: its sharding, checkpoints and resume.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from flax import nnx
 
 from jaxdiv import configlib
 from jaxdiv.io import atomic_write_text
-from jaxdiv.sharding import batch_sharding
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS
 from jaxdiv.train.config import LMModelConfig, SFTConfig
 from jaxdiv.train.distributed import initialize
-from jaxdiv.train.loop import fit, to_host
-from jaxdiv.train.state import ModelSpec, replicated, spec_of
+from jaxdiv.train.engine import Run, fit, to_host
+from jaxdiv.train.state import ModelSpec, spec_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,36 +192,33 @@ def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *,
                                     cfg.data.system_prompt)
     train, evals = encode(pairs), encode(eval_pairs) if eval_pairs else None
     results: dict[str, Any] = {}
-    compiled: dict[str, Any] = {}
+    compiled: dict[int, Any] = {}  # by id(program): fit builds one
 
-    def evaluate(state, shardings, mesh, step, writer):
+    def evaluate(program, state, step, writer):
         if evals is None:
             return
-        if not compiled:
-            compiled["shardings"] = {k: batch_sharding(mesh, 2, cfg.mesh.logical_axis_rules)
-                                     for k in ("input_ids", "attention_mask", "loss_mask")}
-            compiled["step"] = jax.jit(lambda s, b: _token_losses(spec, {**s["trainable"], **s["frozen"]}, b),
-                                       in_shardings=(shardings, compiled["shardings"]),
-                                       out_shardings=replicated(mesh))
-        eval_step, batch_shardings = compiled["step"], compiled["shardings"]
+        if id(program) not in compiled:
+            compiled[id(program)] = program.map_runs(lambda params, batch: _token_losses(spec, params, batch),
+                                                     {k: 2 for k in ("input_ids", "attention_mask", "loss_mask")})
+        token_losses, batch_shardings = compiled[id(program)]
         total = count = 0.0
         for start in range(0, len(evals), cfg.optim.eval_batch_size):
             index = np.arange(start, start + cfg.optim.eval_batch_size) % len(evals)
             keep = np.arange(start, start + cfg.optim.eval_batch_size) < len(evals)
-            losses, counts = to_host(eval_step(state, data_lib.global_batch(evals.take(index), batch_shardings)))
-            total += float(np.sum(losses[keep], dtype=np.float64))
-            count += float(np.sum(counts[keep]))
+            losses, counts = to_host(token_losses(state, data_lib.global_batch(evals.take(index), batch_shardings)))
+            total += float(np.sum(losses[0][keep], dtype=np.float64))
+            count += float(np.sum(counts[0][keep]))
         loss = total / max(count, 1.0)
         results["eval"] = {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
         writer.write(step, "eval/heldout", results["eval"])
 
     flops = llama_train_flops(spec.config, cfg.optim.batch_size, cfg.model.max_length)
-    fitted = fit(cfg, spec, train, workdir, seed=seed, loss_fn=lm_loss(spec), flops_per_step=flops,
+    fitted = fit(cfg, spec, [Run(train, seed)], workdir, loss_fn=lm_loss(spec), flops_per_step=flops,
                  evaluate_fn=evaluate)
-    results.update(steps=fitted.steps, train=fitted.train_metrics, resumed_from=fitted.resumed_from,
+    results.update(steps=fitted.steps[0], train=fitted.train_metrics[0], resumed_from=fitted.resumed_from,
                    num_pairs=len(pairs), eval_pairs=len(eval_pairs), workdir=str(workdir))
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
-    results["params"] = to_host({**fitted.state["trainable"], **fitted.state["frozen"]})
+    results["params"] = fitted.params(0)
     results.update(architecture=spec.config, tokenizer=tokenizer)
     return results

@@ -1,18 +1,7 @@
-"""Train state: flat param dicts, the AdamW optimizer, and sharded initialisation.
-
-The state is a plain pytree (orbax-friendly):
-
-    trainable      {"encoder/layers/5/query/kernel": f32[...], ...}  optimised
-    frozen         {...}                                            never updated (frozen layers)
-    opt_state      optax state over `trainable`
-    step           int32 scalar
-    rng            PRNG key data (uint32[2]); dropout uses fold_in(rng, step)
-    learning_rate  f32 scalar peak learning rate (a per-run value in vmapped ablations)
-    total_steps    int32 scalar length of the run (its schedule; vmapped runs stop at their own)
-
-It is created already sharded: `jax.jit(init, out_shardings=state_shardings(...))`, with
-each param's sharding derived from its logical axis names by `jaxdiv.sharding`.
-"""
+"""Model-agnostic training pieces: a model's description (`ModelSpec`: flat param dicts, their
+logical axes, what trains), the AdamW optimizer on its schedule, and the shardings of a train
+state (each param's from its logical axis names, by `jaxdiv.sharding`; the state itself is laid
+out by `jaxdiv.train.engine`)."""
 
 from __future__ import annotations
 
@@ -26,10 +15,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiv import assets
-from jaxdiv.models import bert
 from jaxdiv.sharding import Rules, named_sharding
-from jaxdiv.train.config import ModelConfig, OptimConfig
+from jaxdiv.train.config import OptimConfig
 
 
 def _key(path: tuple[Any, ...]) -> str:
@@ -87,53 +74,32 @@ def spec_of(model: nnx.Module, config: Any, trainable=lambda path: True, num_lab
         config=config, num_labels=num_labels)
 
 
-def model_dir(cfg: ModelConfig):
-    return assets.resolve(cfg.asset) if "/" not in cfg.asset else assets.resolve(cfg.asset, cfg.asset)
-
-
-def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> ModelSpec:
-    """Load (or seeded-randomly initialise) the classifier and describe its params."""
-    directory = model_dir(cfg)
-    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    head_seed = int(jax.random.randint(jax.random.fold_in(jax.random.key(seed), 1), (), 0, 2**31 - 1))
-    if cfg.pretrained:
-        model = bert.load_bert_classifier(directory, num_labels, frozen_layers=cfg.frozen_layers,
-                                          dtype=dtype, seed=head_seed, dropout=cfg.dropout)
-    else:
-        arch = bert.BertConfig.from_json(directory)
-        overrides = {name: getattr(cfg, name) for name in
-                     ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
-                     if getattr(cfg, name)}
-        if not cfg.dropout:
-            overrides.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        model = bert.BertClassifier(dataclasses.replace(arch, **overrides), num_labels,
-                                    frozen_layers=cfg.frozen_layers, dtype=dtype, rngs=nnx.Rngs(head_seed))
-    return spec_of(model, model.cfg, model.trainable, num_labels)
-
-
 # ---------------------------------------------------------------------------
 # Optimizer.
 
-def lr_multiplier(cfg: OptimConfig, step: jax.Array, total_steps: jax.Array) -> jax.Array:
-    """Learning-rate multiplier in [0, 1]: linear warmup over warmup_fraction of the steps, then
-    cosine / linear decay to 0 (optax's schedules, written with traced totals so vmapped runs of
-    different lengths each follow their own)."""
-    step = jnp.asarray(step, jnp.float32)
+def learning_rate_schedule(cfg: OptimConfig, total_steps: jax.Array | int) -> optax.Schedule:
+    """The peak learning rate times a linear warmup over warmup_fraction of the steps, then cosine
+    / linear decay to 0: optax's schedules, written with a traced total so that vmapped runs of
+    different lengths each follow their own."""
     total = jnp.asarray(total_steps, jnp.float32)
     warmup = jnp.round(cfg.warmup_fraction * total)
-    progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-    decayed = {"cosine": 0.5 * (1.0 + jnp.cos(jnp.pi * progress)), "linear": 1.0 - progress,
-               "constant": jnp.ones_like(progress)}[cfg.decay]
-    return jnp.where(step < warmup, step / jnp.maximum(warmup, 1.0), decayed)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+        decayed = {"cosine": 0.5 * (1.0 + jnp.cos(jnp.pi * progress)), "linear": 1.0 - progress,
+                   "constant": jnp.ones_like(progress)}[cfg.decay]
+        return cfg.learning_rate * jnp.where(step < warmup, step / jnp.maximum(warmup, 1.0), decayed)
+
+    return schedule
 
 
-def make_optimizer(cfg: OptimConfig, decay_keys: frozenset[str]) -> optax.GradientTransformation:
-    """AdamW's direction (optax parts) with global-norm clipping. The step scales it by
-    -peak_lr * lr_multiplier: the peak lives in the state so vmapped runs can each have their own."""
-    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm > 0 else []
-    parts += [optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
-              optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: {k: k in decay_keys for k in p})]
-    return optax.chain(*parts)
+def make_optimizer(cfg: OptimConfig, decay_keys: frozenset[str], total_steps: jax.Array | int
+                   ) -> optax.GradientTransformation:
+    """Global-norm clipping, then `optax.adamw` on the schedule (decay on `decay_keys` only)."""
+    adamw = optax.adamw(learning_rate_schedule(cfg, total_steps), cfg.b1, cfg.b2, cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=lambda p: {k: k in decay_keys for k in p})
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw) if cfg.max_grad_norm > 0 else adamw
 
 
 def decayed_keys(spec: ModelSpec) -> frozenset[str]:
@@ -143,18 +109,6 @@ def decayed_keys(spec: ModelSpec) -> frozenset[str]:
 
 # ---------------------------------------------------------------------------
 # Init and shardings.
-
-def init_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: jax.Array,
-               learning_rate: jax.Array, total_steps: jax.Array, params: dict[str, jax.Array]
-               ) -> dict[str, Any]:
-    """A fresh train state (pure: jit it with out_shardings)."""
-    trainable, frozen = spec.split(params)
-    return {"trainable": trainable, "frozen": frozen, "opt_state": tx.init(trainable),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2)),
-            "learning_rate": jnp.asarray(learning_rate, jnp.float32),
-            "total_steps": jnp.asarray(total_steps, jnp.int32)}
-
 
 def param_shardings(spec: ModelSpec, mesh: Mesh, rules: Rules, lead: tuple[str, ...] = ()
                     ) -> dict[str, NamedSharding]:
@@ -179,23 +133,6 @@ def state_shardings(spec: ModelSpec, abstract_state: dict[str, Any], mesh: Mesh,
         return named_sharding(mesh, lead + (None,) * (leaf.ndim - len(lead)), rules)
 
     return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
-
-
-def create_state(spec: ModelSpec, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules, seed: int,
-                 learning_rate: float, total_steps: int, *, materialize: bool = True
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, its shardings): the state materialises directly in its sharded layout. With
-    materialize=False the state is abstract (ShapeDtypeStructs carrying the shardings), the
-    target for restoring a checkpoint."""
-    args = (jnp.asarray(seed, jnp.uint32), jnp.asarray(learning_rate, jnp.float32),
-            jnp.asarray(total_steps, jnp.int32), spec.initial)
-    abstract = jax.eval_shape(lambda *a: init_state(spec, tx, *a), *args)
-    shardings = state_shardings(spec, abstract, mesh, rules)
-    if not materialize:
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, shardings), shardings
-    init = jax.jit(lambda *a: init_state(spec, tx, *a), out_shardings=shardings)
-    return init(*args), shardings
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

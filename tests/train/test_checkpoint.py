@@ -16,8 +16,8 @@ from jaxdiv.configlib import load_config, stage_part
 from jaxdiv.sharding import MeshConfig, make_mesh
 from jaxdiv.train.checkpoint import Checkpointer, CheckpointWarning
 from jaxdiv.train.config import TrainConfig
-from jaxdiv.train.loop import to_host, train_classifier
-from jaxdiv.train.state import build_model, create_state, decayed_keys, make_optimizer
+from jaxdiv.train.classifier import build_model, classifier_loss, train_classifier
+from jaxdiv.train.engine import build_program, to_host
 
 from tests.train.conftest import ROOT, TINY, subprocess_env
 
@@ -36,10 +36,14 @@ def _command(workdir):
 
 def _restore(workdir, cfg, num_labels, mesh_cfg):
     spec = build_model(cfg.model, num_labels, cfg.seed)
-    abstract, _ = create_state(spec, make_optimizer(cfg.optim, decayed_keys(spec)), make_mesh(mesh_cfg),
-                               mesh_cfg.logical_axis_rules, cfg.seed, cfg.optim.learning_rate, STEPS,
-                               materialize=False)
-    return Checkpointer(workdir / "checkpoints", cfg.checkpoint).restore_latest(abstract)
+    program = build_program(spec, cfg.optim, make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules, 1,
+                            loss_fn=classifier_loss(spec), batch_ndims={"input_ids": 2, "attention_mask": 2, "labels": 1})
+    return Checkpointer(workdir / "checkpoints", cfg.checkpoint).restore_latest(program.abstract_state())
+
+
+def _params(state):
+    """The one run's params, on the host (trainable ones carry the run axis)."""
+    return {**{k: v[0] for k, v in to_host(state["trainable"]).items()}, **to_host(state["frozen"])}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def test_sigkill_then_resume_is_bitwise_identical(reference_run, trec_task, tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state, meta = _restore(tmp_path, cfg, len(trec_task.label_names), cfg.mesh)
     assert meta["step"] == STEPS and meta["examples_seen"] == STEPS * cfg.optim.batch_size
-    params = to_host({**state["trainable"], **state["frozen"]})
+    params = _params(state)
     for key, value in reference["params"].items():
         assert np.array_equal(params[key], value), key  # bitwise
     assert (tmp_path / "results.json").read_text() != ""
@@ -107,9 +111,9 @@ def test_restores_onto_another_mesh(reference_run, trec_task, mesh):
     cfg, workdir, reference = reference_run  # saved on data=8
     state, meta = _restore(workdir, cfg, len(trec_task.label_names), mesh)
     kernel = state["trainable"]["encoder/layers/1/intermediate/kernel"]
-    assert kernel.sharding.spec == (P("fsdp", "tensor") if mesh.tensor > 1 else P("fsdp", None))
+    assert kernel.sharding.spec == (P(None, "fsdp", "tensor") if mesh.tensor > 1 else P(None, "fsdp", None))
     assert kernel.sharding.mesh.shape == {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
-    params = to_host({**state["trainable"], **state["frozen"]})
+    params = _params(state)
     for key, value in reference["params"].items():
         assert np.array_equal(params[key], value), key
-    assert int(jax.device_get(state["step"])) == STEPS
+    assert jax.device_get(state["step"]).tolist() == [STEPS]

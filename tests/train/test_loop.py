@@ -1,5 +1,5 @@
-"""The training loop end to end on real TREC rows: learning, outputs, accumulation, freezing,
-and the same losses on every mesh shape with the params sharded as configured."""
+"""The training engine end to end on one run (R = 1) of real TREC rows: learning, outputs,
+accumulation, freezing, and the same losses on every mesh shape with the params sharded as configured."""
 
 import json
 
@@ -7,8 +7,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxdiv.sharding import MeshConfig, make_mesh
-from jaxdiv.train.loop import train_classifier
-from jaxdiv.train.state import build_model, create_state, decayed_keys, make_optimizer
+from jaxdiv.train.classifier import build_model, classifier_loss, train_classifier
+from jaxdiv.train.engine import build_program, init_args
 
 from tests.train.conftest import tiny_config
 
@@ -62,20 +62,26 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
 
     cfg = tiny_config()
     spec = build_model(cfg.model, len(names), 0)
-    tx = make_optimizer(cfg.optim, decayed_keys(spec))
     rules = cfg.mesh.logical_axis_rules
-    state, _ = create_state(spec, tx, make_mesh(MESHES["data2_fsdp2_tensor2"]), rules, 0, 1e-3, 10)
+
+    def state_on(mesh):
+        program = build_program(spec, cfg.optim, make_mesh(mesh), rules, 1, loss_fn=classifier_loss(spec),
+                                batch_ndims={"input_ids": 2, "attention_mask": 2, "labels": 1})
+        return program.init(*init_args(spec, [None], [0], [10]))
+
+    # one run: its run axis (size 1) is replicated, the params sharded by their logical axes
+    state = state_on(MESHES["data2_fsdp2_tensor2"])
     params = state["trainable"]
-    assert params["encoder/layers/0/intermediate/kernel"].sharding.spec == P("fsdp", "tensor")
-    assert params["encoder/layers/0/query/kernel"].sharding.spec == P("fsdp", "tensor")
-    assert params["encoder/layers/0/output/kernel"].sharding.spec == P("tensor", "fsdp")
-    assert params["encoder/word_embeddings/embedding"].sharding.spec == P("tensor", "fsdp")
+    assert params["encoder/layers/0/intermediate/kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert params["encoder/layers/0/query/kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert params["encoder/layers/0/output/kernel"].sharding.spec == P(None, "tensor", "fsdp")
+    assert params["encoder/word_embeddings/embedding"].sharding.spec == P(None, "tensor", "fsdp")
     kernel = params["encoder/layers/0/intermediate/kernel"]
-    assert kernel.addressable_shards[0].data.shape == (16, 32)  # (32, 64) split 2 x 2
-    adam_mu = state["opt_state"][1].mu["encoder/layers/0/intermediate/kernel"]
-    assert adam_mu.sharding.spec == P("fsdp", "tensor")
-    state8, _ = create_state(spec, tx, make_mesh(MESHES["data8"]), rules, 0, 1e-3, 10)
-    assert state8["trainable"]["encoder/layers/0/intermediate/kernel"].sharding.spec == P(None, None)
+    assert kernel.addressable_shards[0].data.shape == (1, 16, 32)  # (32, 64) split 2 x 2
+    adam_mu = state["opt_state"][1][0].mu["encoder/layers/0/intermediate/kernel"]
+    assert adam_mu.sharding.spec == P(None, "fsdp", "tensor")
+    state8 = state_on(MESHES["data8"])
+    assert state8["trainable"]["encoder/layers/0/intermediate/kernel"].sharding.spec == P(None, None, None)
     assert state8["step"].sharding.is_fully_replicated
 
 

@@ -1,5 +1,5 @@
-"""The vmapped ablation engine: each of R runs (different seeds, learning rates, data subsets
-and sizes, a mixture) equals the same run trained alone (<= 1e-5)."""
+"""The engine with R > 1 runs in one program: each run (different seeds, data subsets and sizes,
+a mixture) equals the same run trained alone, R = 1 (<= 1e-5)."""
 
 import dataclasses
 
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdiv.sharding import MeshConfig
-from jaxdiv.train.loop import train_classifier
-from jaxdiv.train.runs import RunSpec, train_classifier_runs
+from jaxdiv.train.classifier import RunSpec, train_classifier, train_classifier_runs
 
 from tests.train.conftest import tiny_config
 
@@ -18,17 +17,15 @@ def test_each_run_equals_the_run_alone(trec_rows, tmp_path):
     cfg = tiny_config("optim.epochs=1", "model.frozen_layers=1", "mesh.data=4", "mesh.fsdp=2")
     mixture = train.select(range(0, 48, 2)).to_list() + train.select(range(48, 56)).to_list()
     runs = [RunSpec(train.select(range(40)), seed=0, name="subset40"),
-            RunSpec(train.select(range(40, 64)), seed=1, learning_rate=3e-3, name="subset24_lr3e-3"),
+            RunSpec(train.select(range(40, 64)), seed=1, name="subset24"),
             RunSpec(mixture, seed=2, name="mixture"),
-            RunSpec(train.select(range(40)), seed=3, learning_rate=3e-4, name="seed3")]
+            RunSpec(train.select(range(40)), seed=3, name="seed3")]
     results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs", label_names=names)
     assert [r["steps"] for r in results] == [5, 3, 4, 5]  # per-run step masks: 40, 24, 32, 40 rows
     assert results[0]["eval"]["test"] != results[3]["eval"]["test"]
-    for index in (1, 2):  # a smaller subset with its own learning rate; a mixture with its own seed
+    for index in (1, 2):  # a smaller subset with its own seed; a mixture with its own seed
         run = runs[index]
-        alone_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
-            cfg.optim, learning_rate=run.learning_rate or cfg.optim.learning_rate))
-        alone = train_classifier(alone_cfg, run.train_rows, evals, tmp_path / f"alone{index}", seed=run.seed,
+        alone = train_classifier(cfg, run.train_rows, evals, tmp_path / f"alone{index}", seed=run.seed,
                                  label_names=names)
         for key, value in alone["params"].items():
             np.testing.assert_allclose(results[index]["params"][key], value, atol=1e-5, err_msg=f"run {index} {key}")
@@ -43,12 +40,11 @@ def test_runs_sharing_a_frozen_encoder_hold_it_once(trec_rows, tmp_path):
     train, evals, names = trec_rows
     cfg = tiny_config("optim.epochs=1", "model.frozen_layers=1", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     runs = [RunSpec(train.select(range(32)), seed=5, name="a"),
-            RunSpec(train.select(range(32, 56)), seed=5, learning_rate=3e-3, name="b")]
+            RunSpec(train.select(range(32, 56)), seed=5, name="b")]
     results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs", label_names=names)
     frozen_key = "encoder/layers/0/query/kernel"
     assert results[0]["params"][frozen_key] is results[1]["params"][frozen_key]  # one shared copy
-    alone_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=3e-3))
-    alone = train_classifier(alone_cfg, runs[1].train_rows, evals, tmp_path / "alone", seed=5, label_names=names)
+    alone = train_classifier(cfg, runs[1].train_rows, evals, tmp_path / "alone", seed=5, label_names=names)
     for key, value in alone["params"].items():
         np.testing.assert_allclose(results[1]["params"][key], value, atol=1e-5, err_msg=key)
     assert results[1]["eval"]["test"]["loss"] == pytest.approx(alone["eval"]["test"]["loss"], abs=1e-5)
