@@ -552,5 +552,15 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> Path:
     started = time.perf_counter()
     report = write_report(workdir)
     timed("report", started)
-    write_json(workdir / "timings.json", timings)
+    record_timings(workdir / "timings.json", timings)
     return report
+
+
+def record_timings(path: Path, timings: dict[str, float]) -> None:
+    """Append this run's stage seconds to timings.json, whose top-level stage entries are the sums
+    over every run in the workdir: a resumed study's cost in all, which a cached re-run (seconds)
+    barely changes instead of overwriting."""
+    previous = read_json(path) or {}
+    runs = previous.get("runs", [previous] if previous else []) + [timings]
+    totals = {stage: round(sum(run.get(stage, 0.0) for run in runs), 2) for stage in timings}
+    write_json(path, {**totals, "runs": runs})

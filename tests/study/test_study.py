@@ -241,3 +241,14 @@ def test_values_the_study_sets_are_no_stage_keys():
         load_config(DEMO, ["grid.max_pool_rows=50"])
     with pytest.raises(ConfigError, match=r"grid.proportions: \(0.0, 2.0\) must lie in \[0, 1\]"):
         load_config(DEMO, ["grid.proportions=0,2"])
+
+
+def test_timings_sum_over_runs_so_a_cached_rerun_keeps_the_full_runs_cost(tmp_path):
+    from jaxdiv.study.runner import record_timings
+
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({"generate": 3000.0, "report": 6.0}))  # a file of the one-run format
+    record_timings(path, {"generate": 1.5, "report": 4.0})
+    written = json.loads(path.read_text())
+    assert written["generate"] == 3001.5 and written["report"] == 10.0
+    assert written["runs"] == [{"generate": 3000.0, "report": 6.0}, {"generate": 1.5, "report": 4.0}]
