@@ -185,8 +185,9 @@ def trainable(model: nnx.Module, within: Callable[[tuple[Any, ...]], bool] = lam
 
 
 def with_dropout(model: nnx.Module, key: jax.Array | None) -> nnx.Module:
-    """Give each adapter its dropout key (folded from `key`) for the next forward; returns the
-    model. Meant for the transient module a loss builds from its params."""
+    """Give each adapter its dropout key for the next forward; returns the model. Meant for the
+    transient module a loss builds from its params. The keys are folded from `key` (the model's
+    own dropout splits it), so the model's other dropout draws stay what they were without LoRA."""
     if key is not None:
         for index, (_, layer) in enumerate(adapters(model)):
             layer.dropout_key = jax.random.fold_in(key, index)
