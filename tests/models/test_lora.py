@@ -191,6 +191,7 @@ def _max_err(jax_logits, torch_logits) -> float:
 def test_peft_adapter_loads_with_the_same_logits(family, tmp_path):
     """peft save -> jaxdiv load: jaxdiv's LoRA forward equals transformers + peft (<= 1e-4, f32)."""
     torch_model, jax_model = _torch_base(family, tmp_path / "base")
+    base_logits = _forward(jax_model, _batch(family, 0))
     reference = _peft_model(family, torch_model)
     reference.save_pretrained(tmp_path / "adapter")
     model = peft_layout.load_peft_adapter(tmp_path / "adapter", jax_model)
@@ -198,6 +199,7 @@ def test_peft_adapter_loads_with_the_same_logits(family, tmp_path):
     for seed in range(2):
         batch = _batch(family, seed)
         assert _max_err(_forward(model, batch), _torch_forward(reference, batch)) <= 1e-4
+    assert _max_err(base_logits, _torch_forward(reference, _batch(family, 0))) > 1e-2  # the adapters matter
 
 
 @pytest.mark.torch
@@ -254,3 +256,101 @@ def test_five_sgd_steps_match_peft(family, tmp_path):
     for key, value in expected.items():
         assert np.max(np.abs(trained[key] - value)) <= 1e-4, key
     assert max(np.max(np.abs(trained[k] - start[k])) for k in start) > 1e-2  # the steps moved the adapters
+
+
+# ---------------------------------------------------------------------------
+# Training through the engine: a tiny "pretrained" encoder (random weights saved as a checkpoint
+# with MiniLM's tokenizer), so runs of different seeds share the base and differ in adapters.
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(minilm_dir, tmp_path_factory):
+    """A random 2-layer encoder with a pooler, saved as MiniLM is (no head, no "bert." prefix)."""
+    from safetensors.numpy import save_file
+
+    directory = tmp_path_factory.mktemp("tiny-encoder")
+    cfg = bert.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64)
+    model = bert.BertClassifier(cfg, 2, rngs=nnx.Rngs(0))
+    tensors = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[0] == "classifier":
+            continue
+        key, transposed = (bert._hf_key(path[1:]) if path[0] == "encoder"
+                           else (f"pooler.dense.{checkpoints.HF_LEAF_NAMES[path[-1]]}", path[-1] == "kernel"))
+        value = np.asarray(variable.get_value())
+        tensors[key] = np.ascontiguousarray(value.T if transposed else value)
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "hidden_act": "gelu"}))
+    shutil.copy(minilm_dir / "tokenizer.json", directory / "tokenizer.json")
+    return directory
+
+
+def _lora_config(encoder_dir, *overrides: str) -> TrainConfig:
+    return apply_overrides(TrainConfig(), [
+        f"model.asset={encoder_dir}", "model.max_length=16", "model.lora.rank=4", "model.lora.dropout=0.1",
+        "optim.batch_size=8", "optim.eval_batch_size=64", "optim.learning_rate=1e-2", "optim.warmup_fraction=0.2",
+        "log.progress=false", "checkpoint.every=0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trec_rows(trec_task):
+    return trec_task.splits["train"].select(range(96)), {"test": trec_task.splits["test"].select(range(32))}
+
+
+def test_only_the_adapters_and_head_train(tiny_encoder_dir, trec_rows, tmp_path):
+    """After train_classifier with LoRA, every base param has its initial bytes; the adapters and
+    the head moved."""
+    train, evals = trec_rows
+    cfg = _lora_config(tiny_encoder_dir, "optim.steps=3")
+    result = train_classifier(cfg, train, evals, tmp_path, seed=4)
+    spec = build_model(cfg.model, len(result["label_names"]), 4)
+    assert {k for k in spec.trainable_keys if not lora.is_adapter(k.split("/"))} == {"classifier/kernel", "classifier/bias"}
+    for key, initial in spec.initial.items():
+        trained = np.asarray(result["params"][key])
+        if key in spec.trainable_keys:
+            assert not np.array_equal(trained, initial), key
+        else:
+            assert trained.tobytes() == initial.tobytes(), key
+
+
+def test_vmapped_lora_runs_share_the_base_and_equal_each_run_alone(tiny_encoder_dir, trec_rows, tmp_path):
+    """R = 3 runs (own seeds, so own adapters and heads; own rows) in one program, on a
+    data x fsdp x tensor mesh: the frozen base is held once, and each run equals itself alone."""
+    train, evals = trec_rows
+    cfg = _lora_config(tiny_encoder_dir, "optim.epochs=1", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    runs = [RunSpec(train.select(range(40)), seed=0), RunSpec(train.select(range(40, 64)), seed=1),
+            RunSpec(train.select(range(48, 96)), seed=2)]
+    results = train_classifier_runs(cfg, runs, evals, tmp_path / "runs")
+    base_key = "encoder/layers/0/query/kernel"
+    assert results[0]["params"][base_key] is results[2]["params"][base_key]  # one shared copy
+    assert not np.array_equal(results[0]["params"]["encoder/layers/0/query/lora_a"],
+                              results[1]["params"]["encoder/layers/0/query/lora_a"])
+    for index in (1, 2):
+        alone = train_classifier(cfg, runs[index].train_rows, evals, tmp_path / f"alone{index}", seed=runs[index].seed)
+        for key, value in alone["params"].items():
+            np.testing.assert_allclose(results[index]["params"][key], value, atol=1e-5, err_msg=f"run {index} {key}")
+        assert results[index]["eval"]["test"]["loss"] == pytest.approx(alone["eval"]["test"]["loss"], abs=1e-5)
+
+
+def test_sft_with_lora_trains_only_the_adapters(smollm2_gguf, trec_task, tmp_path):
+    """`--set model.lora.rank=8` on the decoder: only adapters are trainable, dropout and remat
+    run, and the result merges into a checkpoint that load_pretrained reads."""
+    from jaxdiv.train.config import SFTConfig
+    from jaxdiv.train.sft import build_lm, train_sft
+    from tests.train.test_sft import TINY_LM
+
+    cfg = apply_overrides(SFTConfig(), TINY_LM + [f"model.checkpoint={smollm2_gguf}", "model.lora.rank=8",
+                                                  "model.lora.dropout=0.1", "model.remat=true", "optim.steps=2"])
+    spec, tokenizer = build_lm(cfg.model, 0)
+    assert spec.trainable_keys and all(lora.is_adapter(k.split("/")) for k in spec.trainable_keys)
+    rows = trec_task.splits["train"].select(range(16))
+    pairs = [{"prompt": text, "response": trec_task.label_names[label]} for text, label in zip(rows["text"], rows["label"])]
+    result = train_sft(cfg, pairs[:12], pairs[12:], tmp_path / "sft", seed=0)
+    for key in spec.trainable_keys:
+        if key.endswith("lora_b"):
+            assert np.any(result["params"][key] != 0), key
+    merged = lora.merge_lora(spec.apply(result["params"]))
+    directory = checkpoints.save_hf_checkpoint(merged, spec.config, tokenizer, tmp_path / "merged")
+    reloaded, _ = checkpoints.load_pretrained(directory)
+    ids = jnp.asarray([tokenizer.encode("What is LoRA?")])
+    np.testing.assert_allclose(reloaded(ids), spec.apply(result["params"])(ids), atol=1e-4)
