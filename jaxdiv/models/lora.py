@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiv.configlib import param
+from jaxdiv.configlib import ConfigError, param
 from jaxdiv.models import bert, checkpoints
 from jaxdiv.models.attention import dropout
 from jaxdiv.models.llama import Llama
@@ -161,12 +161,13 @@ def apply_lora(model: nnx.Module, config: LoRAConfig, *, rngs: nnx.Rngs,
     the family's `DEFAULT_TARGETS`) and whose path satisfies `where` (e.g. not in frozen bottom
     layers), in place; returns the model."""
     if config.rank <= 0:
-        raise ValueError(f"apply_lora: rank must be positive, got {config.rank}")
+        raise ConfigError(f"lora.rank must be positive to apply LoRA, got {config.rank}")
     patterns = config.target_modules or DEFAULT_TARGETS[type(model)]
     targets = [path for path, layer in linear_layers(model)
                if not isinstance(layer, LoRALinear) and where(path) and matches(hf_module_name(model, path), patterns)]
     if not targets:
-        raise ValueError(f"apply_lora: no linear layer of the {type(model).__name__} matches {list(patterns)}")
+        raise ConfigError(f"lora.target_modules: no linear layer of the {type(model).__name__} matches "
+                          f"{list(patterns)}")
     for path in targets:
         wrap(model, path, config.rank, config.alpha / config.rank, config.dropout, rngs)
     return model
