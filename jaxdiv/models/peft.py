@@ -131,6 +131,8 @@ def load_peft_adapter(directory: str | Path, model: nnx.Module, *, rngs: nnx.Rng
 
 
 def _set(variable: nnx.Variable, tensors: dict[str, np.ndarray], key: str, *, transposed: bool, source: Path) -> None:
+    if key not in tensors:
+        raise CheckpointError(f"{source / WEIGHTS_FILE}: missing tensor {key!r}")
     array = np.asarray(tensors[key], np.float32)
     array = array.T if transposed else array
     expected = variable.get_value().shape

@@ -109,6 +109,35 @@ def test_merge_equals_base_plus_adapter(smollm2_gguf, tmp_path):
     np.testing.assert_allclose(_forward(reloaded, batch), _forward(decoder, batch), atol=1e-5)
 
 
+def test_adapter_files_round_trip_and_bad_ones_raise(tmp_path):
+    """save_peft_adapter -> load_peft_adapter on the same base gives the same model; options that
+    change what the tensors mean, and tensors that fit no module, raise CheckpointError."""
+    from safetensors.numpy import save_file
+
+    model = lora.apply_lora(_jax_base("llama"), lora.LoRAConfig(rank=RANK, alpha=ALPHA, dropout=0.1), rngs=nnx.Rngs(2))
+    _randomise_adapters(model, 3)
+    directory = peft_layout.save_peft_adapter(tmp_path / "adapter", model)
+    loaded = peft_layout.load_peft_adapter(directory, _jax_base("llama"))
+    assert {p: (l.scaling, l.dropout_rate) for p, l in lora.adapters(loaded)} == {
+        p: (ALPHA / RANK, 0.1) for p, _ in lora.adapters(model)}
+    batch = _batch("llama", 0)
+    np.testing.assert_array_equal(_forward(loaded, batch), _forward(model, batch))
+    config = json.loads((directory / "adapter_config.json").read_text())
+    (directory / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(checkpoints.CheckpointError, match="unsupported LoRA options {'use_dora': True}"):
+        peft_layout.load_peft_adapter(directory, _jax_base("llama"))
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    tensors = checkpoints.read_safetensors(directory / "adapter_model.safetensors")
+    save_file({**tensors, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((RANK, 5), np.float32)},
+              str(directory / "adapter_model.safetensors"))
+    with pytest.raises(checkpoints.CheckpointError, match="q_proj.lora_A.weight' has shape"):
+        peft_layout.load_peft_adapter(directory, _jax_base("llama"))
+    save_file({**tensors, "base_model.model.model.layers.9.mlp.up_proj.lora_A.weight": np.zeros((RANK, 32), np.float32)},
+              str(directory / "adapter_model.safetensors"))
+    with pytest.raises(checkpoints.CheckpointError, match="match no module"):
+        peft_layout.load_peft_adapter(directory, _jax_base("llama"))
+
+
 # ---------------------------------------------------------------------------
 # Against transformers + peft (torch extra), on the same tiny random weights.
 
