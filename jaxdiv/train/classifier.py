@@ -32,7 +32,7 @@ from flax import nnx
 from jaxdiv import assets, configlib
 from jaxdiv.data.tasks import TaskConfig
 from jaxdiv.io import atomic_write_text
-from jaxdiv.models import bert
+from jaxdiv.models import bert, lora
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS
 from jaxdiv.train.config import ModelConfig, TrainConfig
@@ -63,13 +63,18 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> ModelSpec:
             overrides.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = bert.BertClassifier(dataclasses.replace(arch, **overrides), num_labels,
                                     frozen_layers=cfg.frozen_layers, dtype=dtype, rngs=nnx.Rngs(head_seed))
-    return spec_of(model, model.cfg, model.trainable, num_labels)
+    if not cfg.lora.rank:
+        return spec_of(model, model.cfg, model.trainable, num_labels)
+    # adapters on the layers that would train (none below frozen_layers), seeded per run
+    lora.apply_lora(model, cfg.lora, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 3)),
+                    where=model.trainable)
+    return spec_of(model, model.cfg, lora.trainable(model, model.trainable), num_labels)
 
 
 def _logits(spec: ModelSpec, params: dict[str, jax.Array], batch, dropout_key=None) -> jax.Array:
     # a batch carries token ids, or the frozen layers' precomputed output (see TableRows)
-    return spec.apply(params)(batch.get("input_ids"), batch["attention_mask"], dropout_key=dropout_key,
-                              features=batch.get("features"))
+    model = lora.with_dropout(spec.apply(params), dropout_key)
+    return model(batch.get("input_ids"), batch["attention_mask"], dropout_key=dropout_key, features=batch.get("features"))
 
 
 def classifier_loss(spec: ModelSpec):

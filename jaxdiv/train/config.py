@@ -9,6 +9,7 @@ from typing import Literal
 
 from jaxdiv.configlib import ConfigError, param, section
 from jaxdiv.data.tasks import TaskConfig
+from jaxdiv.models.lora import LoRAConfig
 from jaxdiv.sharding import MeshConfig
 
 
@@ -29,6 +30,7 @@ class ModelConfig:
     dropout: bool = param(True, help="apply the checkpoint's dropout rates while training")
     compute_dtype: Literal["float32", "bfloat16"] = param(
         "float32", help="matmul dtype; params and optimizer state stay float32")
+    lora: LoRAConfig = section(LoRAConfig)  # rank > 0: only the adapters (and the head) train
 
     def check(self) -> None:
         shrunk = any((self.num_hidden_layers, self.hidden_size, self.num_attention_heads,
@@ -161,6 +163,7 @@ class LMModelConfig:
                                     "(only layer inputs stay live: long sequences fit, ~1/3 more FLOPs)")
     compute_dtype: Literal["float32", "bfloat16"] = param(
         "float32", help="matmul dtype; params and optimizer state stay float32")
+    lora: LoRAConfig = section(LoRAConfig)  # rank > 0: only the adapters train
 
     def check(self) -> None:
         shrunk = any((self.num_layers, self.hidden_size, self.intermediate_size, self.num_heads,

@@ -25,6 +25,7 @@ from flax import nnx
 
 from jaxdiv import configlib
 from jaxdiv.io import atomic_write_text
+from jaxdiv.models import lora
 from jaxdiv.train import data as data_lib
 from jaxdiv.train.checkpoint import RESUME_SAFE_KEYS
 from jaxdiv.train.config import LMModelConfig, SFTConfig
@@ -111,19 +112,31 @@ def lm_trainable(frozen_layers: int):
 
 
 def build_lm(cfg: LMModelConfig, seed: int):
-    """(ModelSpec, ChatTokenizer) of the decoder: pretrained weights or a seeded random init."""
+    """(ModelSpec, ChatTokenizer) of the decoder: pretrained weights or a seeded random init,
+    with LoRA adapters when `cfg.lora.rank` > 0 (then only they train)."""
+    model, tokenizer = _decoder(cfg, seed)
+    trainable = lm_trainable(cfg.frozen_layers)
+    if cfg.lora.rank:
+        # adapters on the layers that would train (none below frozen_layers), seeded by the run
+        lora.apply_lora(model, cfg.lora, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 3)),
+                        where=trainable)
+        trainable = lora.trainable(model, trainable)
+    return spec_of(model, model.cfg, trainable), tokenizer
+
+
+def _decoder(cfg: LMModelConfig, seed: int):
+    """(Llama, ChatTokenizer): the checkpoint's weights, or a seeded random init of its architecture."""
     from jaxdiv.models import checkpoints, llama
     from jaxdiv.models.tokenizer import ChatTokenizer
 
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    trainable = lm_trainable(cfg.frozen_layers)
     if cfg.pretrained:
         model, tokenizer = checkpoints.load_pretrained(cfg.checkpoint, dtype=dtype)
         model.remat = cfg.remat
         if cfg.frozen_layers > model.cfg.num_layers:
             raise configlib.ConfigError(f"model.frozen_layers={cfg.frozen_layers}: {cfg.checkpoint} has "
                                         f"{model.cfg.num_layers} layers")
-        return spec_of(model, model.cfg, trainable), tokenizer
+        return model, tokenizer
     path = checkpoints.resolve_checkpoint(cfg.checkpoint)
     if path.suffix == ".gguf":
         import gguf
@@ -139,13 +152,13 @@ def build_lm(cfg: LMModelConfig, seed: int):
         hidden = overrides.get("hidden_size", arch.hidden_size)
         overrides["head_dim"] = hidden // overrides.get("num_heads", arch.num_heads)
     arch = dataclasses.replace(arch, **overrides)
-    model = llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype, remat=cfg.remat)
-    return spec_of(model, arch, trainable), tokenizer
+    return llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype, remat=cfg.remat), tokenizer
 
 
-def _token_losses(spec: ModelSpec, params, batch) -> tuple[jax.Array, jax.Array]:
-    """Per-example summed cross-entropy over response targets, and their counts."""
-    logits = spec.apply(params)(batch["input_ids"], batch["attention_mask"])
+def _token_losses(spec: ModelSpec, params, batch, dropout_key=None) -> tuple[jax.Array, jax.Array]:
+    """Per-example summed cross-entropy over response targets, and their counts (`dropout_key`:
+    LoRA dropout while training; the decoder itself has none)."""
+    logits = lora.with_dropout(spec.apply(params), dropout_key)(batch["input_ids"], batch["attention_mask"])
     targets = batch["input_ids"][:, 1:]
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
@@ -155,7 +168,7 @@ def _token_losses(spec: ModelSpec, params, batch) -> tuple[jax.Array, jax.Array]
 def lm_loss(spec: ModelSpec):
     """Mean cross-entropy per response token of the (micro-)batch (`step.LossFn`)."""
     def loss_fn(params, batch, dropout_key):
-        total, count = _token_losses(spec, params, batch)
+        total, count = _token_losses(spec, params, batch, dropout_key)
         return jnp.sum(total) / jnp.maximum(jnp.sum(count), 1.0), {"response_tokens": jnp.sum(count)}
     return loss_fn
 
