@@ -126,17 +126,18 @@ def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_to
                                         use_top_p=use_top_p, candidates=filtered)
 
     def draw():
-        if use_top_p or top_k:
-            values, ids, _ = filtered()
-            greedy = ids[:, 0]
-        else:
+        if not (use_top_p or top_k):  # temperature and min-p alone: the whole vocabulary
             values = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-            values = jnp.where(values - jnp.max(values, axis=-1, keepdims=True) >= jnp.log(min_p)[:, None],
-                               values, -jnp.inf)
-            ids, greedy = None, jnp.argmax(logits, axis=-1)
+            floor = jnp.max(values, axis=-1, keepdims=True) + jnp.log(min_p)[:, None]
+            drawn = jax.vmap(jax.random.categorical)(keys, jnp.where(values >= floor, values, -jnp.inf))
+            return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1))
+        values, ids, _ = filtered()
+        # A greedy row keeps its first candidate alone (the argmax). Reading it as ids[:, 0]
+        # instead made XLA:CPU sort the whole vocabulary rather than run its top-k.
+        first = jnp.arange(values.shape[-1]) == 0
+        values = jnp.where((temperature > 0)[:, None] | first, values, -jnp.inf)
         drawn = jax.vmap(jax.random.categorical)(keys, values)
-        drawn = drawn if ids is None else jnp.take_along_axis(ids, drawn[:, None], axis=-1)[:, 0]
-        return jnp.where(temperature > 0, drawn, greedy)
+        return jnp.take_along_axis(ids, drawn[:, None], axis=-1)[:, 0]
 
     greedy = lambda: jnp.argmax(logits, axis=-1)
     return jax.lax.cond(jnp.any(temperature > 0), draw, greedy).astype(jnp.int32)
