@@ -123,7 +123,7 @@ def pool_cells(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="decode,embed,pool")
+    parser.add_argument("--sections", default="decode,embed,pool", help="which, in this order")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -138,13 +138,10 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
     print("| cell | fast paths | plain | plain / fast | plain's cost | timed values (fast / plain) | |")
     print("| --- | ---: | ---: | ---: | ---: | --- | --- |", flush=True)
-    sections = args.sections.split(",")
-    if "decode" in sections:
-        decode_cells(args, gguf)
-    if "embed" in sections:
-        embed_cells(args)
-    if "pool" in sections:
-        pool_cells(args)
+    cells = {"decode": lambda: decode_cells(args, gguf), "embed": lambda: embed_cells(args),
+             "pool": lambda: pool_cells(args)}
+    for section in args.sections.split(","):  # in the order given
+        cells[section]()
 
 
 if __name__ == "__main__":
