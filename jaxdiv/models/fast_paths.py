@@ -6,8 +6,14 @@ is the one every committed experiment was generated with, bit for bit (its sampl
 plain sampler draws other ones). Set it before the first model call of a process: it is read
 while a program is traced, and a compiled program keeps the choice it was traced with.
 
-What each one is, and what it was measured to gain (the project's shared 2-core Xeon;
-`docs/benchmarks/generate.md` has the profiles):
+Together, measured against the plain code on the project's shared 2-core Xeon
+(`scripts/bench_fast_paths.py`, 2026-12-05; `docs/benchmarks/generate.md` has the table and the
+profiles): the 600-row TREC pool 151.5 s against 156.0 s plain (+3% for plain); the MiniLM
+embedder 217 / 124 sent/s against 206 / 120 (bf16 / f32); SmolLM2 decode at batch 32, bf16,
+greedy 406 against 379 tok/s, and within ±5% in every other batch-8/32 cell. The wins are small:
+each of these was worth more against the code it replaced than against the plain JAX here.
+
+What each one is, and what it was measured to gain:
 
 - **Folded attention** (`folded_attention`, `fold_heads`): keys and values laid out as
   (batch · kv_head, slot, dim), one batch axis, with the G query heads of a kv head folded
