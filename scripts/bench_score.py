@@ -196,17 +196,11 @@ def bench_suite(n, peer_sizes, timeout):
     return {"jaxdiv": ours, "peers": peers}
 
 
-def bench_embed(texts_n, repeats, minilm, dtypes=("float32",)):
-    import torch
-    from sentence_transformers import SentenceTransformer
-
+def embed_texts(texts_n, minilm) -> list[str]:
+    """64-token texts: real TREC questions concatenated, cut to 62 word pieces (+ [CLS], [SEP])."""
     from jaxdiv.data.tasks import TaskConfig, load_task
     from jaxdiv.models.bert import load_tokenizer
-    from jaxdiv.score.config import EmbedderConfig
-    from jaxdiv.score.embed import Embedder
-    from jaxdiv.sharding import MeshConfig
 
-    # 64-token texts: real TREC questions concatenated, cut to 62 word pieces (+ [CLS], [SEP]).
     tokenizer = load_tokenizer(minilm)
     questions = list(load_task(TaskConfig(name="trec")).splits["train"]["text"])
     texts, i = [], 0
@@ -216,7 +210,20 @@ def bench_embed(texts_n, repeats, minilm, dtypes=("float32",)):
             pieces += tokenizer.encode(questions[i % len(questions)], add_special_tokens=False).tokens
             i += 1
         texts.append(tokenizer.decoder.decode(pieces[:62]) if tokenizer.decoder else " ".join(pieces[:62]))
-    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    return texts
+
+
+def bench_embed(texts_n, repeats, minilm, dtypes=("float32",)):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from jaxdiv.models.bert import load_tokenizer
+    from jaxdiv.score.config import EmbedderConfig
+    from jaxdiv.score.embed import Embedder
+    from jaxdiv.sharding import MeshConfig
+
+    texts = embed_texts(texts_n, minilm)
+    lengths = [len(e.ids) for e in load_tokenizer(minilm).encode_batch(texts)]
     import jax
 
     results = {}

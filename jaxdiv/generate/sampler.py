@@ -27,6 +27,7 @@ from flax import nnx
 
 from jaxdiv import sharding as shd
 from jaxdiv.errors import JaxdivError
+from jaxdiv.models import fast_paths
 from jaxdiv.models.llama import KVCache, Llama, positions_from_mask
 from jaxdiv.models.tokenizer import ChatTokenizer
 
@@ -75,77 +76,20 @@ class Completion:
     served: dict = dataclasses.field(default_factory=dict)  # what the server says it ran
 
 
-def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,
-                  *, top_k: int, use_top_p: bool) -> jax.Array:
-    """Temperature-scaled logits (B, V) with the tokens outside top-k / top-p / min-p at -inf.
-
-    Per-row temperature, top_p and min_p; top_k and whether any row uses top-p are static
-    (they change the program). Rows with temperature 0 are left for the caller's argmax.
-    """
-    logits = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-    neg_inf = jnp.finfo(logits.dtype).min
-    if top_k:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, neg_inf, logits)
-    if use_top_p:
-        logits = jnp.where(nucleus_mask(jax.nn.softmax(logits, axis=-1), top_p), logits, neg_inf)
-    probs = jax.nn.softmax(logits, axis=-1)
-    floor = min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
-    return jnp.where(probs < floor, neg_inf, logits)
-
-
-def nucleus_mask(probs: jax.Array, top_p: jax.Array, candidates: int = 256,
-                 iterations: int = 32) -> jax.Array:
-    """(B, V) bool: the top-p nucleus, i.e. the most likely tokens up to and including the one
-    whose cumulative mass first reaches top_p.
-
-    Sorting the vocabulary every step is slow on a CPU, so the nucleus is found among the
-    `candidates` most likely tokens (`lax.top_k`). Rows whose nucleus is larger (very flat
-    distributions) fall back to a bisection for tau = max{t : mass(p >= t) >= top_p} over
-    the whole vocabulary; both are exact (up to ties closer than max_prob / 2**iterations).
-    """
-    top = jax.lax.top_k(probs, min(candidates, probs.shape[-1]))[0]
-    reached = jnp.cumsum(top, axis=-1) >= top_p[:, None]
-    threshold = jnp.take_along_axis(top, jnp.argmax(reached, axis=-1)[:, None], axis=-1)[:, 0]
-    covered = reached[:, -1]
-
-    def bisected():
-        def mass(t):
-            return jnp.sum(jnp.where(probs >= t[:, None], probs, 0.0), axis=-1)
-
-        def step(_, bounds):
-            low, high = bounds
-            mid = 0.5 * (low + high)
-            enough = mass(mid) >= top_p
-            return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
-
-        high = jnp.max(probs, axis=-1) * (1 + 1e-6) + 1e-30  # mass(high) = 0 < top_p
-        low, _ = jax.lax.fori_loop(0, iterations, step, (jnp.zeros_like(high), high))
-        return jnp.where(covered, threshold, low)
-
-    threshold = jax.lax.cond(jnp.all(covered), lambda: threshold, bisected)
-    return probs >= threshold[:, None]
-
-
-def argmax(x: jax.Array) -> jax.Array:
-    """Index of the largest entry along the last axis (the first on ties), int32.
-
-    The same as `jnp.argmax`, written as two plain reductions: XLA's CPU backend runs
-    argmax's paired (value, index) reduction as a scalar loop, which over a 49k vocabulary
-    cost more per decode step than the whole LM head."""
-    largest = jnp.max(x, axis=-1, keepdims=True)
-    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
-    return jnp.minimum(jnp.min(jnp.where(x == largest, index, x.shape[-1]), axis=-1), x.shape[-1] - 1)
+CANDIDATES = 256  # tokens a top-p or top-k draw considers per row (see candidate_filter)
 
 
 def candidate_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,
-                     *, top_k: int, use_top_p: bool, candidates: int = 256):
-    """`filter_logits` restricted to each row's `candidates` most likely tokens.
+                     *, top_k: int, use_top_p: bool, candidates: int = CANDIDATES):
+    """Each row's `candidates` most likely tokens, their temperature-scaled logits with the
+    tokens outside top-k / top-p / min-p at the dtype's lowest value, (B, C), and their ids.
 
-    Returns the filtered candidate logits (B, C), their token ids (B, C), and per row whether
-    the restriction is exact: whether every token `filter_logits` keeps is a candidate (top-k
-    with k <= C, or a nucleus that closes within the candidates). Exact rows then draw from
-    C tokens rather than the vocabulary, with the same distribution.
+    `lax.top_k` sorts only these C: a full sort of SmolLM2's 49k vocabulary cost XLA:CPU more
+    than three decode steps (`jaxdiv.models.fast_paths`). Top-p's mass is measured against the
+    whole vocabulary. Third output, per row: whether the candidates hold every token the
+    filters keep (top-k with k <= C, or a nucleus that closes within them). Where they do not
+    (a flat distribution's nucleus, top_k > C), a draw among them drops the tail beyond.
+    Per-row temperature, top_p and min_p; top_k and whether any row uses top-p are static.
     """
     scale = 1.0 / jnp.where(temperature > 0, temperature, 1.0)[:, None]
     neg_inf = jnp.finfo(logits.dtype).min
@@ -169,52 +113,34 @@ def candidate_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array
 
 
 def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool,
-                  candidates: int = 256):
-    """One token per row: argmax where temperature == 0, else a draw with the row's own key.
-
-    Draws are Gumbel-max (as `jax.random.categorical`). A row whose filtered set lies within
-    its `candidates` most likely tokens (`candidate_filter`: the usual case with top-p or
-    top-k) draws among those C tokens; the others (flat distributions, about 5% of SmolLM2's
-    steps at top-p 0.95) draw over the whole vocabulary, computed for those rows alone while
-    they are few. Which way a row draws depends only on its own logits, so its token never
-    depends on the rest of the batch. The two ways draw from the same distribution with
-    different noise.
-    """
-    greedy = argmax(logits)
-    batch = logits.shape[0]
-
-    def gumbel_max(filtered, row_keys):
-        noise = jax.vmap(lambda key: jax.random.gumbel(key, filtered.shape[1:], filtered.dtype))(row_keys)
-        return argmax(filtered + noise)
-
-    def full_draw(rows=None):  # over the whole vocabulary, for `rows` (default: all)
-        pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-        return gumbel_max(filter_logits(pick(logits), pick(temperature), pick(top_p), pick(min_p),
-                                        top_k=top_k, use_top_p=use_top_p), pick(keys))
+                  candidates: int = CANDIDATES):
+    """One token per row (B,): the argmax where temperature == 0, else a draw with the row's own
+    key (`jax.random.categorical`), so a row's token never depends on the rest of the batch.
+    With top-p or top-k the draw is among the row's `candidate_filter` tokens, else over the
+    whole vocabulary at temperature, min-p applied. `JAXDIV_CPU_FAST_PATHS=1`: the exact
+    sampler of `jaxdiv.models.fast_paths`."""
+    filtered = lambda: candidate_filter(logits, temperature, top_p, min_p, top_k=top_k,
+                                        use_top_p=use_top_p, candidates=candidates)
+    if fast_paths.enabled():
+        return fast_paths.sample_tokens(logits, keys, temperature, top_p, min_p, top_k=top_k,
+                                        use_top_p=use_top_p, candidates=filtered)
 
     def draw():
-        if not (use_top_p or top_k):
-            return full_draw()
-        filtered, ids, exact = candidate_filter(logits, temperature, top_p, min_p, top_k=top_k,
-                                                use_top_p=use_top_p, candidates=candidates)
-        among = jnp.take_along_axis(ids, gumbel_max(filtered, keys)[:, None], axis=-1)[:, 0]
-        spill = max(2, batch // 8)  # rows drawn over the vocabulary without the whole batch
+        if not (use_top_p or top_k):  # temperature and min-p alone: the whole vocabulary
+            values = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+            floor = jnp.max(values, axis=-1, keepdims=True) + jnp.log(min_p)[:, None]
+            drawn = jax.vmap(jax.random.categorical)(keys, jnp.where(values >= floor, values, -jnp.inf))
+            return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1))
+        values, ids, _ = filtered()
+        # A greedy row keeps its first candidate alone (the argmax). Reading it as ids[:, 0]
+        # instead made XLA:CPU sort the whole vocabulary rather than run its top-k.
+        first = jnp.arange(values.shape[-1]) == 0
+        values = jnp.where((temperature > 0)[:, None] | first, values, -jnp.inf)
+        drawn = jax.vmap(jax.random.categorical)(keys, values)
+        return jnp.take_along_axis(ids, drawn[:, None], axis=-1)[:, 0]
 
-        def few_inexact():  # padding entries repeat row 0 and keep its own token
-            rows = jnp.nonzero(~exact, size=spill, fill_value=0)[0]
-            return among.at[rows].set(jnp.where(exact[rows], among[rows], full_draw(rows)))
-
-        branches = [lambda: among, lambda: jnp.where(exact, among, full_draw())]
-        inexact = jnp.sum(~exact)
-        if spill < batch:
-            branches.insert(1, few_inexact)
-            choice = jnp.where(inexact == 0, 0, jnp.where(inexact <= spill, 1, 2))
-        else:
-            choice = jnp.where(inexact == 0, 0, 1)
-        return jax.lax.switch(choice, branches)
-
-    return jax.lax.cond(jnp.any(temperature > 0), lambda: jnp.where(temperature > 0, draw(), greedy),
-                        lambda: greedy)
+    greedy = lambda: jnp.argmax(logits, axis=-1)
+    return jax.lax.cond(jnp.any(temperature > 0), draw, greedy).astype(jnp.int32)
 
 
 def _bucket(value: int, buckets: Sequence[int]) -> int:
@@ -439,9 +365,7 @@ class JaxGenerator:
 
     def _shrink_impl(self, cache, per_row, keep):
         """The cache and per-row arrays of the batch positions `keep`, in that order."""
-        heads = self.cfg.num_kv_heads  # row b's heads are cache rows b·K .. b·K + K - 1
-        folded = (keep[:, None] * heads + jnp.arange(heads)).reshape(-1)
-        cache = self._constrain_cache(jax.tree.map(lambda a: a[folded], cache))
+        cache = self._constrain_cache(cache.take_rows(keep, self.cfg.num_kv_heads))
         per_row = jax.tree.map(lambda a: a[keep], per_row)
         if self.mesh is not None:
             per_row = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(

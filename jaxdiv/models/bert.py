@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiv.configlib import ConfigError
-from jaxdiv.models.attention import dot_product_attention, dropout, fold_heads
+from jaxdiv.models.attention import dot_product_attention, dropout, kv_layout
 from jaxdiv.models.checkpoints import HF_LEAF_NAMES, CheckpointError, checked_arrays, read_safetensors
 
 
@@ -130,7 +130,7 @@ class BertLayer(nnx.Module):
         queries = x[:, :1] if cls_only else x
         split = lambda t: t.reshape(batch, t.shape[1], cfg.num_attention_heads, cfg.head_dim)
         context = dot_product_attention(
-            split(self.query(queries)), fold_heads(split(self.key(x))), fold_heads(split(self.value(x))),
+            split(self.query(queries)), kv_layout(split(self.key(x))), kv_layout(split(self.value(x))),
             attention_mask,
             dtype=self.dtype, dropout_rate=cfg.attention_probs_dropout_prob, dropout_key=keys[0])
         attended = dropout(self.attention_out(context), cfg.hidden_dropout_prob, keys[1])

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiv.configlib import ConfigError
-from jaxdiv.models.attention import dot_product_attention, fold_heads
+from jaxdiv.models import fast_paths
+from jaxdiv.models.attention import dot_product_attention, kv_layout, kv_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,37 +107,42 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Preallocated keys/values, one (batch · kv_heads, slots, head_dim) array per layer: the
-    layout `attention.dot_product_attention` reads, so a decode step attends over the cache
-    in place (row b's heads are rows b·K .. b·K + K - 1)."""
+    """Preallocated keys/values, one array per layer in `attention.kv_layout`: (batch, kv_heads,
+    slots, head_dim), the layout the attention reads, so a decode step attends over the cache
+    in place."""
 
     keys: list[jax.Array]
     values: list[jax.Array]
 
-    # the folded (batch · kv_head) axis over the data axes, batch-major: each device holds whole rows
-    LOGICAL_AXES = ("batch", None, None)
+    # the leading (batch) axis over the data axes, each device holding whole rows; the rest
+    # replicated (a kv_heads axis on the tensor axis would not split SmolLM2's 3 heads over 2)
+    LOGICAL_AXES = ("batch",)
+
+    @staticmethod
+    def layer_shape(cfg: LlamaConfig, batch: int, slots: int) -> tuple[int, ...]:
+        return kv_shape(batch, cfg.num_kv_heads, slots, cfg.head_dim)
 
     @classmethod
     def zeros(cls, cfg: LlamaConfig, batch: int, slots: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch * cfg.num_kv_heads, slots, cfg.head_dim)
+        shape = cls.layer_shape(cfg, batch, slots)
         return cls([jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
                    [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)])
 
     @property
     def slots(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[-2]
+
+    def take_rows(self, rows: jax.Array, kv_heads: int) -> "KVCache":
+        """The cache of batch rows `rows`, in that order."""
+        index = fast_paths.folded_rows(rows, kv_heads) if fast_paths.enabled() else rows
+        return jax.tree.map(lambda a: a[index], self)
 
 
 def write_slots(cache: jax.Array, new: jax.Array, start: jax.Array | int) -> jax.Array:
-    """cache[:, start : start + T] = new, in place. A 16-bit float cache is written through its
-    bit pattern: XLA's CPU backend widens a bf16 dynamic-update-slice to f32 over the whole
-    cache (a full copy each way, every layer and step); on the uint16 bits it stays in place."""
-    new = new.astype(cache.dtype)
-    if cache.dtype.itemsize != 2:
-        return jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
-    bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
-    written = jax.lax.dynamic_update_slice(bits(cache), bits(new), (0, start, 0))
-    return jax.lax.bitcast_convert_type(written, cache.dtype)
+    """Slots [start, start + T) of a layer's keys or values (axis -2 of `kv_layout`) = new."""
+    if fast_paths.enabled():
+        return fast_paths.write_slots(cache, new, start)
+    return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), start, axis=-2)
 
 
 def attention_mask(key_mask: jax.Array, num_queries: int, start: jax.Array | int) -> jax.Array:
@@ -164,10 +170,10 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v = fold_heads(k).astype(self.dtype), fold_heads(v).astype(self.dtype)
+        k, v = kv_layout(k).astype(self.dtype), kv_layout(v).astype(self.dtype)
         if cache_kv is not None:  # written in place; attention then runs in the cache's dtype
             cache_kv = tuple(write_slots(c, a, start) for c, a in zip(cache_kv, (k, v)))
-            k, v = (c[:, :mask.shape[-1]] for c in cache_kv)  # the slots the mask covers
+            k, v = (c[..., :mask.shape[-1], :] for c in cache_kv)  # the slots the mask covers
         out = dot_product_attention(q, k, v, mask, dtype=k.dtype)
         return self.o_proj(out.astype(x.dtype)), cache_kv
 

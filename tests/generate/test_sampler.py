@@ -1,5 +1,6 @@
-"""JAX sampler: greedy parity with transformers `generate`, logit filters vs numpy, per-row
-reproducibility whatever the batch, stop handling, data-axis sharding."""
+"""JAX sampler: greedy parity with transformers `generate`, logit filters and draws vs float64
+numpy, per-row reproducibility whatever the batch, stop handling, data-axis sharding; each with
+the plain sampler and with the CPU fast paths (`cpu_fast_paths`) where both exist."""
 
 import json
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 from flax import nnx
 
 from jaxdiv.generate.sampler import (GenerationError, JaxGenerator, Request, SamplingParams,
-                                     candidate_filter, filter_logits, nucleus_mask,
-                                     sample_tokens)
+                                     candidate_filter, sample_tokens)
 from jaxdiv.models import llama
+from jaxdiv.models.fast_paths import filter_logits, nucleus_mask
 
 FIXTURE = Path(__file__).parent / "fixtures" / "greedy_reference.json"
 
@@ -22,7 +23,7 @@ def _requests(prompts, sampling, seed=0):
     return [Request(i, ({"role": "user", "content": p},), sampling, seed) for i, p in enumerate(prompts)]
 
 
-def test_greedy_matches_stored_transformers_generate(smollm2_generator):
+def test_greedy_matches_stored_transformers_generate(smollm2_generator, cpu_fast_paths):
     reference = json.loads(FIXTURE.read_text())
     greedy = SamplingParams(temperature=0.0, max_new_tokens=reference["max_new_tokens"])
     completions = smollm2_generator.generate(_requests(reference["prompts"], greedy))
@@ -36,7 +37,7 @@ def test_greedy_matches_stored_transformers_generate(smollm2_generator):
 
 @pytest.mark.torch
 @pytest.mark.slow
-def test_greedy_matches_transformers_generate_live(smollm2_generator, smollm2_gguf):
+def test_greedy_matches_transformers_generate_live(smollm2_generator, smollm2_gguf, cpu_fast_paths):
     pytest.importorskip("torch")
     pytest.importorskip("accelerate")
     from tests.generate.make_reference import MAX_NEW_TOKENS, PROMPTS, transformers_greedy
@@ -72,6 +73,7 @@ def _filter_reference(logits, temperature, top_k, top_p, min_p):
 @pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (5, 1.0, 0.0), (0, 1.0, 0.2),
                                               (7, 0.8, 0.05)])
 def test_filters_keep_the_reference_token_sets(top_k, top_p, min_p):
+    """The fast paths' whole-vocabulary filter."""
     rng = np.random.default_rng(top_k)
     logits = rng.normal(0, 2, (6, 50)).astype(np.float32)
     temperature = np.array([0.5, 0.7, 1.0, 1.3, 2.0, 0.9], np.float32)
@@ -109,7 +111,8 @@ def test_candidate_filter_is_exact_where_it_says_so(top_k, top_p, min_p):
 
 @pytest.mark.parametrize("candidates", [3, 64])
 def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates):
-    """Rows whose nucleus exceeds the candidate count take the bisection path; both exact."""
+    """The fast paths' nucleus: rows whose nucleus exceeds the candidate count take the
+    bisection path; both exact."""
     rng = np.random.default_rng(candidates)
     logits = rng.normal(0, 1, (5, 40)) * np.array([[0.1], [1.0], [3.0], [6.0], [0.5]])
     probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -126,7 +129,7 @@ def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates
 
 
 @pytest.mark.parametrize("flat_rows", [0, 2, 9])  # none, few (drawn apart), most (drawn together)
-def test_a_rows_draw_does_not_depend_on_the_rest_of_the_batch(flat_rows):
+def test_a_rows_draw_does_not_depend_on_the_rest_of_the_batch(flat_rows, cpu_fast_paths):
     rng = np.random.default_rng(0)
     batch, vocab = 16, 1000
     logits = rng.normal(size=(batch, vocab))
@@ -143,9 +146,9 @@ def test_a_rows_draw_does_not_depend_on_the_rest_of_the_batch(flat_rows):
 
 
 @pytest.mark.parametrize("candidates", [256, 2])
-def test_draws_follow_the_filtered_distribution(candidates):
-    """From the candidates (256), or from the whole vocabulary where the nucleus (3 tokens)
-    does not fit in them (2)."""
+def test_draws_follow_the_filtered_distribution(candidates, cpu_fast_paths):
+    """From the candidates (256), or where the nucleus (4 tokens) does not fit in them (2): the
+    fast paths draw over the whole vocabulary, the plain sampler among the 2 candidates."""
     logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
     n = 20000
     keys = jax.random.split(jax.random.key(0), n)
@@ -155,19 +158,43 @@ def test_draws_follow_the_filtered_distribution(candidates):
     counts = np.bincount(np.asarray(draw(keys)), minlength=6) / n
     probs = np.exp(np.asarray(logits[0], np.float64))
     probs /= probs.sum()
-    # top_p=0.9 keeps the 3 most likely tokens (mass above the 4th is 0.90..., >= 0.9 cuts it)
-    kept = probs[:3] / probs[:3].sum() if probs[:3].sum() >= 0.9 else probs[:4] / probs[:4].sum()
-    expected = np.zeros(6)
-    expected[:len(kept)] = kept
+    nucleus = _filter_reference(np.asarray(logits[0]), 1.0, 0, 0.9, 0.0)  # the 4 most likely
+    kept = nucleus & (np.arange(6) < (6 if cpu_fast_paths else candidates))
+    expected = np.where(kept, probs, 0.0) / probs[kept].sum()
     np.testing.assert_allclose(counts, expected, atol=0.015)
     greedy = sample_tokens(logits, jax.random.split(jax.random.key(1), 1), jnp.zeros(1), jnp.ones(1),
                            jnp.zeros(1), top_k=0, use_top_p=False)
     assert int(greedy[0]) == 0
 
 
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.0), (0, 0.9, 0.0), (5, 1.0, 0.0),
+                                              (0, 1.0, 0.2), (7, 0.8, 0.05), (12, 0.95, 0.01)])
+def test_draws_keep_to_the_reference_sets_and_their_probabilities(top_k, top_p, min_p, cpu_fast_paths):
+    """Every row samples only from the token set the float64 reference keeps, with the
+    reference's renormalised probabilities; greedy rows (temperature 0) take the argmax."""
+    rng = np.random.default_rng(top_k + int(100 * top_p))
+    rows, vocab, n = 4, 40, 6000
+    logits = rng.normal(0, 2, (rows, vocab)).astype(np.float32)
+    temperature = np.array([0.7, 1.0, 1.5, 0.0], np.float32)
+    keys = jax.random.split(jax.random.key(5), n * rows).reshape(n, rows)
+    draw = jax.jit(jax.vmap(lambda k: sample_tokens(
+        jnp.asarray(logits), k, jnp.asarray(temperature), jnp.full(rows, top_p), jnp.full(rows, min_p),
+        top_k=top_k, use_top_p=top_p < 1.0)))
+    tokens = np.asarray(draw(keys))
+    assert (tokens[:, 3] == logits[3].argmax()).all()
+    for row in range(3):
+        kept = _filter_reference(logits[row], temperature[row], top_k, top_p, min_p)
+        probs = np.exp(logits[row].astype(np.float64) / temperature[row])
+        expected = np.where(kept, probs, 0.0) / probs[kept].sum()
+        counts = np.bincount(tokens[:, row], minlength=vocab) / n
+        assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(kept))
+        np.testing.assert_allclose(counts, expected, atol=4 * np.sqrt(0.25 / n))
+
+
 @pytest.fixture(scope="module")
-def tiny_generator(smollm2):
-    """A tiny random Llama over the real SmolLM2 tokenizer: fast compiles for behavioural tests."""
+def tiny_generator(smollm2, cpu_fast_paths):
+    """A tiny random Llama over the real SmolLM2 tokenizer: fast compiles for behavioural tests,
+    each run with the plain forms and with the CPU fast paths."""
     _, tokenizer = smollm2
     cfg = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
                             num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,

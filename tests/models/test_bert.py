@@ -91,13 +91,13 @@ def _check(encoder, classifier_dir, batch, ref, atol):
     assert np.abs(logits - ref["logits"]).max() <= atol
 
 
-def test_matches_stored_transformers_outputs(encoder, classifier_dir, batch):
+def test_matches_stored_transformers_outputs(encoder, classifier_dir, batch, cpu_fast_paths):
     ref = dict(np.load(FIXTURE))
     _check(encoder, classifier_dir, batch, ref, atol=1e-5)
 
 
 @pytest.mark.torch
-def test_matches_transformers_live(minilm_dir, encoder, classifier_dir, batch):
+def test_matches_transformers_live(minilm_dir, encoder, classifier_dir, batch, cpu_fast_paths):
     pytest.importorskip("torch")
     _check(encoder, classifier_dir, batch, _reference(minilm_dir, classifier_dir), atol=1e-5)
 
@@ -135,7 +135,7 @@ def test_bad_inputs_are_named(tmp_path, minilm_dir):
         bert.BertClassifier(bert.BertConfig(num_hidden_layers=2), 2, frozen_layers=3, rngs=nnx.Rngs(0))
 
 
-def test_cls_only_last_layer_and_precomputed_features_give_the_same_logits():
+def test_cls_only_last_layer_and_precomputed_features_give_the_same_logits(cpu_fast_paths):
     """The classifier's shortcuts are exact: the last layer computing only the [CLS] row, and
     logits from the frozen part's precomputed output, equal the plain full forward."""
     cfg = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,

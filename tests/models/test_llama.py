@@ -40,7 +40,7 @@ def test_gguf_config_is_smollm2(smollm2):
     assert tokenizer.eos_token_ids == (2,) and tokenizer.bos_token_id == 1
 
 
-def test_logits_match_stored_transformers_reference(smollm2, reference):
+def test_logits_match_stored_transformers_reference(smollm2, reference, cpu_fast_paths):
     model, tokenizer = smollm2
     from tests.models.make_reference import CHAT
 
@@ -72,7 +72,7 @@ def _tiny_model(seed=0, cfg=TINY):
     return llama.Llama(cfg, rngs=nnx.Rngs(seed))
 
 
-def test_kv_cache_decode_equals_full_recompute():
+def test_kv_cache_decode_equals_full_recompute(cpu_fast_paths):
     """Left-padded prefill into a cache, then 1-token decode steps: each step's logits equal a
     full, cache-free forward of that row's unpadded sequence (<= 1e-4)."""
     model = _tiny_model()
@@ -109,19 +109,22 @@ def test_kv_cache_decode_equals_full_recompute():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_write_slots_equals_a_slice_assignment_in_the_cache_dtype(dtype):
-    """The cache write (bf16 goes through its uint16 bits) equals a plain slice assignment,
-    bitwise, at a traced start slot; the other slots are untouched."""
+def test_write_slots_equals_a_slice_assignment_in_the_cache_dtype(dtype, cpu_fast_paths):
+    """The cache write (with the fast paths, bf16 goes through its uint16 bits) equals a plain
+    slice assignment on the slot axis, bitwise, at a traced start slot; the other slots are
+    untouched."""
     rng = np.random.default_rng(2)
-    cache = jnp.asarray(rng.standard_normal((6, 9, 4)), dtype)
-    new = jnp.asarray(rng.standard_normal((6, 2, 4)), jnp.float32)
+    cache = jnp.asarray(rng.standard_normal(llama.KVCache.layer_shape(TINY, 3, 9)), dtype)
+    assert cache.ndim == (3 if cpu_fast_paths else 4)  # (B·K, S, D) or (B, K, S, D)
+    new_shape = cache.shape[:-2] + (2, cache.shape[-1])
+    new = jnp.asarray(rng.standard_normal(new_shape), jnp.float32)
     written = jax.jit(llama.write_slots)(cache, new, jnp.int32(3))
     assert written.dtype == dtype
-    expected = cache.at[:, 3:5].set(new.astype(dtype))
+    expected = cache.at[..., 3:5, :].set(new.astype(dtype))
     np.testing.assert_array_equal(np.asarray(written, np.float32), np.asarray(expected, np.float32))
 
 
-def test_padding_does_not_change_real_positions():
+def test_padding_does_not_change_real_positions(cpu_fast_paths):
     model = _tiny_model(1)
     rng = np.random.default_rng(1)
     ids = rng.integers(0, TINY.vocab_size, 6)
@@ -134,7 +137,7 @@ def test_padding_does_not_change_real_positions():
     np.testing.assert_allclose(left[2:], alone, atol=1e-5)
 
 
-def test_params_carry_logical_axes_and_shard_on_a_mesh():
+def test_params_carry_logical_axes_and_shard_on_a_mesh(cpu_fast_paths):
     from jaxdiv.sharding import MeshConfig, make_mesh
 
     model = _tiny_model()
