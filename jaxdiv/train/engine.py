@@ -122,11 +122,11 @@ class Program:
 
 
 def _init_shapes(spec: ModelSpec, num_runs: int, shared_frozen: bool) -> tuple[Any, ...]:
-    stacked = lambda v: jax.ShapeDtypeStruct((num_runs,) + tuple(v.shape), jnp.float32)
+    stacked = lambda v: jax.ShapeDtypeStruct((num_runs,) + tuple(v.shape), v.dtype)
     frozen = {k: v for k, v in spec.initial.items() if k not in spec.trainable_keys}
     return (jax.ShapeDtypeStruct((num_runs,), jnp.uint32), jax.ShapeDtypeStruct((num_runs,), jnp.int32),
             {k: stacked(spec.initial[k]) for k in sorted(spec.trainable_keys)},
-            {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) if shared_frozen else stacked(v)
+            {k: jax.ShapeDtypeStruct(v.shape, v.dtype) if shared_frozen else stacked(v)
              for k, v in sorted(frozen.items())})
 
 
