@@ -8,9 +8,9 @@ map from param paths to HF names (`_hf_key` here for Llama, `bert._hf_key`).
 
 An HF safetensors dir is read lazily: `read_safetensors_weights` reads only the files'
 headers and maps each key to a `StoredTensor`, which reads one block of its tensor on
-demand. On a mesh, `from_hf_weights` builds each param with `jax.make_array_from_callback`,
-each device reading and casting only its own block, so the whole model is never copied on
-the host (scripts/bench_load.py measures the peak).
+demand. On a mesh, `from_hf_weights` builds each param device by device, each reading and
+casting only its own block, so neither the model nor a whole tensor is copied on the host
+(scripts/bench_load.py measures the peak).
 
 Llama weights come from a GGUF file (dequantised to float; SmolLM2-135M-Instruct ships as
 one) or from an HF Llama/Qwen2-style safetensors checkpoint; both go through the HF names,
@@ -25,8 +25,8 @@ so this module imports it only inside `load_pretrained`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
@@ -68,10 +68,14 @@ def read_safetensors(file: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from err
 
 
+# elements a `StoredTensor` reads per opening of its file (16 MiB of float32)
+READ_CHUNK_ELEMENTS = 4 * 2 ** 20
+
+
 @dataclasses.dataclass(frozen=True)
 class StoredTensor:
     """One tensor of a safetensors file, not yet read: its shape and dtype come from the
-    header, and `tensor[index]` reads just that block (a tuple of slices)."""
+    header, and `tensor[index]` reads just that block (a tuple of slices of step 1)."""
 
     file: Path
     key: str
@@ -79,11 +83,26 @@ class StoredTensor:
     dtype: str  # the safetensors name: F32, BF16, F16, ...
 
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        # The file is memory-mapped while open, and every page a read touches counts towards
+        # the process's resident memory until the mapping goes; a block of columns touches
+        # every row. So the block is read a chunk of rows at a time, the file opened for each
+        # (a fraction of a millisecond): resident memory grows by the block, not the tensor.
+        index = tuple(index)
+        start, stop, _ = index[0].indices(self.shape[0]) if self.shape else (0, 0, 1)
+        if stop <= start:  # a scalar, or an empty block
+            return self._read(index)
+        rows = max(1, READ_CHUNK_ELEMENTS // max(1, math.prod(self.shape[1:])))
+        block = None
+        for first in range(start, stop, rows):
+            chunk = self._read((slice(first, min(first + rows, stop)),) + index[1:])
+            if block is None:
+                block = np.empty((stop - start,) + chunk.shape[1:], chunk.dtype)
+            block[first - start:first - start + len(chunk)] = chunk
+        return block
+
+    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
         from safetensors import safe_open
 
-        # Opened for each block (a fraction of a millisecond): the file is memory-mapped while
-        # open, and the pages a read touches count towards the process's resident memory
-        # until the mapping goes.
         try:
             with safe_open(str(self.file), framework="numpy") as handle:
                 return handle.get_slice(self.key)[index]
@@ -150,6 +169,15 @@ def _hf_key(path: tuple | str) -> tuple[str, bool]:
     return "model." + ".".join(module + [HF_LEAF_NAMES[leaf]]), leaf == "kernel"
 
 
+def _place_blockwise(tensor: ParamTensor, sharding: jax.sharding.Sharding, dtype: np.dtype) -> jax.Array:
+    """`tensor` as a `dtype` array with `sharding`, one device's block at a time: each block is
+    read, cast and handed to its device before the next is read. (`jax.make_array_from_callback`
+    reads every block before placing any, so the host held a whole extra copy of the tensor.)"""
+    blocks = [jax.device_put(tensor.read(index, dtype), device)
+              for device, index in sharding.addressable_devices_indices_map(tensor.shape).items()]
+    return jax.make_array_from_single_device_arrays(tensor.shape, sharding, blocks)
+
+
 def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray | StoredTensor], *,
                     dtype=jnp.float32, param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
                     rules: shd.Rules | None = None, source: str = "weights") -> Llama:
@@ -171,8 +199,7 @@ def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray | StoredT
             array = jnp.asarray(tensor.read(dtype=param_dtype))
         else:
             sharding = shd.named_sharding(mesh, variable.get_metadata().get("out_sharding"), rules)
-            array = jax.make_array_from_callback(tensor.shape, sharding,
-                                                 functools.partial(tensor.read, dtype=param_dtype))
+            array = _place_blockwise(tensor, sharding, param_dtype)
         leaves.append((path, variable.replace(array)))
     used = {_hf_key(path)[0] for path, _ in leaves}
     # a tied checkpoint may still store lm_head (a copy of the embedding); rotary tables are derived
