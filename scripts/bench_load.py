@@ -8,8 +8,8 @@ Saves a randomly initialised Qwen2 of Qwen2-0.5B's shape (vocab 151936, hidden 8
 then loads it in one fresh process per loader, with XLA_FLAGS forcing eight host CPU devices:
 
 - jaxdiv: `read_safetensors_weights` + `from_hf_weights` on the mesh (lazy, block by block);
-- whole-copy: every tensor read into host memory first (`read_safetensors`), then the same
-  `from_hf_weights` on the mesh: the loader as it was before it read lazily;
+- whole-copy: every tensor read into host memory first (`read_safetensors`, as the loader read
+  before it read lazily), then the same `from_hf_weights` on the mesh;
 - transformers: `AutoModelForCausalLM.from_pretrained` of the same dir (float32, CPU).
 
 Each process measures its resident memory after its imports (and, for jaxdiv, after the CPU
@@ -17,7 +17,8 @@ backend and mesh are up): the baseline. It then resets the kernel's peak (VmHWM,
 /proc/self/clear_refs), loads, and reads the peak back. On host CPU devices the loaded arrays
 live in host memory too (each device its own copy of a replicated param), so the transient
 overhead is the most the process holds beyond the baseline and the arrays placed so far (read
-after each param); the issue's bound is 1.5x the largest single tensor. transformers keeps same-dtype params memory-mapped from the file, so
+after each param); the issue's bound is 1.5x the largest single tensor. transformers keeps
+params of the stored dtype memory-mapped from the file (resident only once touched), so then
 only its peak - baseline is given. Prints a Markdown table.
 """
 
@@ -176,19 +177,20 @@ def main() -> None:
     print("| loader | baseline MiB | peak - baseline MiB | loaded arrays MiB | transient MiB | "
           "transient / largest tensor | within 1.5x | final - baseline MiB | load s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    mapped = False  # whether transformers left its params mapped to the file
     for r in rows:
-        if r["loader"] == "transformers":  # its params map the file: resident only once touched
-            cells = "n/a | n/a | n/a"
+        transient = r.get("transient", r["peak"] - r["baseline"] - r["loaded"])
+        if r["loader"] == "transformers" and r["final"] - r["baseline"] < r["loaded"]:
+            mapped, cells = True, "n/a | n/a | n/a"
         else:
-            transient = r["transient"]
             cells = f"{transient:.0f} | {transient / largest:.2f}x | {'yes' if transient <= 1.5 * largest else 'no'}"
         print(f"| {r['loader']} | {r['baseline']:.0f} | {r['peak'] - r['baseline']:.0f} | {r['loaded']:.0f} | "
               f"{cells} | {r['final'] - r['baseline']:.0f} | {r['seconds']:.1f} |")
     print("\ntransient: the most resident memory held, at any point of the load, beyond the baseline "
-          "and the arrays placed by then.")
-    if "transformers" in args.loaders:
-        print("transformers keeps float32 params memory-mapped from the safetensors file, so they are "
-              "resident only once touched and its peak - baseline leaves them out.")
+          "and the arrays placed by then (transformers: peak - baseline - loaded).")
+    if mapped:
+        print("transformers keeps params of the stored dtype memory-mapped from the safetensors file, so "
+              "they are resident only once touched and its peak - baseline leaves them out.")
 
 
 if __name__ == "__main__":
