@@ -192,21 +192,23 @@ def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray | StoredT
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0), dtype=dtype,
                                             param_dtype=param_dtype))
     graphdef, state = nnx.split(abstract)
+    # every tensor is checked (names, shapes) before any is read
+    checked = list(checked_arrays(nnx.to_flat_state(state), weights, _hf_key, source))
+    used = {_hf_key(path)[0] for path, _, _ in checked}
+    # a tied checkpoint may still store lm_head (a copy of the embedding); rotary tables are derived
+    ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    unused = sorted(k for k in set(weights) - used - ignorable if not k.endswith("rotary_emb.inv_freq"))
+    if unused:
+        raise CheckpointError(f"{source}: tensors not used by the Llama architecture: {unused[:8]}")
     leaves = []
     param_dtype = np.dtype(param_dtype)
-    for path, variable, tensor in checked_arrays(nnx.to_flat_state(state), weights, _hf_key, source):
+    for path, variable, tensor in checked:
         if mesh is None:
             array = jnp.asarray(tensor.read(dtype=param_dtype))
         else:
             sharding = shd.named_sharding(mesh, variable.get_metadata().get("out_sharding"), rules)
             array = _place_blockwise(tensor, sharding, param_dtype)
         leaves.append((path, variable.replace(array)))
-    used = {_hf_key(path)[0] for path, _ in leaves}
-    # a tied checkpoint may still store lm_head (a copy of the embedding); rotary tables are derived
-    ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    unused = sorted(k for k in set(weights) - used - ignorable if not k.endswith("rotary_emb.inv_freq"))
-    if unused:
-        raise CheckpointError(f"{source}: tensors not used by the Llama architecture: {unused[:8]}")
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
