@@ -299,8 +299,8 @@ def _read_tensors(file: Path) -> dict[str, np.ndarray]:
 def _fill(module: nnx.Module, tensors: dict[str, np.ndarray], key_of, source: Path) -> None:
     """Copy tensors into the module's params in place."""
     params = nnx.to_flat_state(nnx.state(module, nnx.Param))
-    for _, variable, array in checked_arrays(params, tensors, key_of, source):
-        variable.set_value(jnp.asarray(array, jnp.float32))
+    for _, variable, tensor in checked_arrays(params, tensors, key_of, source):
+        variable.set_value(jnp.asarray(tensor.read(dtype=np.float32)))
 
 
 def _weights_file(directory: str | Path) -> Path:

@@ -6,6 +6,12 @@ Shared by `bert` and the Llama loaders here: `CheckpointError`, the one safetens
 arrays (missing tensors and wrong shapes name the file and key). Each family keeps its own
 map from param paths to HF names (`_hf_key` here for Llama, `bert._hf_key`).
 
+An HF safetensors dir is read lazily: `read_safetensors_weights` reads only the files'
+headers and maps each key to a `StoredTensor`, which reads one block of its tensor on
+demand. On a mesh, `from_hf_weights` builds each param device by device, each reading and
+casting only its own block, so neither the model nor a whole tensor is copied on the host
+(scripts/bench_load.py measures the peak).
+
 Llama weights come from a GGUF file (dequantised to float; SmolLM2-135M-Instruct ships as
 one) or from an HF Llama/Qwen2-style safetensors checkpoint; both go through the HF names,
 so loading is a transpose (HF `weight` is (out, in), NNX kernels (in, out)). GGUF files of
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
@@ -61,24 +68,91 @@ def read_safetensors(file: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from err
 
 
-def checked_arrays(params: Iterable[tuple[tuple, Any]], weights: Mapping[str, np.ndarray],
+# elements a `StoredTensor` reads per opening of its file (16 MiB of float32)
+READ_CHUNK_ELEMENTS = 4 * 2 ** 20
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors file, not yet read: its shape and dtype come from the
+    header, and `tensor[index]` reads just that block (a tuple of slices of step 1)."""
+
+    file: Path
+    key: str
+    shape: tuple[int, ...]
+    dtype: str  # the safetensors name: F32, BF16, F16, ...
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        # The file is memory-mapped while open, and every page a read touches counts towards
+        # the process's resident memory until the mapping goes; a block of columns touches
+        # every row. So the block is read a chunk of rows at a time, the file opened for each
+        # (a fraction of a millisecond): resident memory grows by the block, not the tensor.
+        index = tuple(index)
+        start, stop, _ = index[0].indices(self.shape[0]) if self.shape else (0, 0, 1)
+        if stop <= start:  # a scalar, or an empty block
+            return self._read(index)
+        rows = max(1, READ_CHUNK_ELEMENTS // max(1, math.prod(self.shape[1:])))
+        block = None
+        for first in range(start, stop, rows):
+            chunk = self._read((slice(first, min(first + rows, stop)),) + index[1:])
+            if block is None:
+                block = np.empty((stop - start,) + chunk.shape[1:], chunk.dtype)
+            block[first - start:first - start + len(chunk)] = chunk
+        return block
+
+    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.file), framework="numpy") as handle:
+                return handle.get_slice(self.key)[index]
+        except Exception as err:  # safetensors raises its own error types on a damaged file
+            raise CheckpointError(f"{self.file}: cannot read tensor {self.key!r} ({err})") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamTensor:
+    """The checkpoint tensor of one param (an array, or a `StoredTensor`), seen in the param's
+    layout: an HF (out, in) weight is read as the (in, out) kernel."""
+
+    tensor: np.ndarray | StoredTensor
+    transposed: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = tuple(self.tensor.shape)
+        return shape[::-1] if self.transposed else shape
+
+    def read(self, index: tuple[slice, ...] | None = None, dtype=None) -> np.ndarray:
+        """The block `index` (default: all of it) as a contiguous array of `dtype` (default: as
+        stored), reading only that block from storage."""
+        index = (slice(None),) * len(self.shape) if index is None else tuple(index)
+        if self.transposed:
+            return np.ascontiguousarray(self.tensor[index[::-1]].T, dtype=dtype)
+        return np.ascontiguousarray(self.tensor[index], dtype=dtype)
+
+
+def checked_arrays(params: Iterable[tuple[tuple, Any]], weights: Mapping[str, np.ndarray | StoredTensor],
                    hf_key: Callable[[tuple], tuple[str, bool]], source: str | Path
-                   ) -> Iterator[tuple[tuple, Any, np.ndarray]]:
-    """(path, variable, array) for each (path, variable) of `params` (a flat NNX state): its HF
+                   ) -> Iterator[tuple[tuple, Any, ParamTensor]]:
+    """(path, variable, tensor) for each (path, variable) of `params` (a flat NNX state): its HF
     tensor (named by `hf_key(path)` -> (key, transposed)) in the model's (in, out) layout, its
-    shape checked against the variable's."""
+    shape checked against the variable's (before anything is read)."""
     for path, variable in params:
         key, transposed = hf_key(path)
         if key not in weights:
             raise CheckpointError(f"{source}: missing tensor {key!r} (for param {'/'.join(map(str, path))})")
-        array = np.asarray(weights[key])
-        if transposed:
-            array = array.T
+        tensor = ParamTensor(weights[key], transposed)
         expected = variable.get_value().shape
-        if array.shape != expected:
-            raise CheckpointError(f"{source}: tensor {key!r} has shape {array.shape}, the model expects "
-                                  f"{expected}")
-        yield path, variable, array
+        if tensor.shape != expected:  # both shapes as stored
+            raise CheckpointError(f"{_file_of(weights[key], source)}: tensor {key!r} has shape "
+                                  f"{tuple(weights[key].shape)}, the model expects "
+                                  f"{expected[::-1] if transposed else expected}")
+        yield path, variable, tensor
+
+
+def _file_of(tensor: np.ndarray | StoredTensor, source: str | Path) -> str | Path:
+    return tensor.file if isinstance(tensor, StoredTensor) else source
 
 
 # ---------------------------------------------------------------------------
@@ -95,32 +169,46 @@ def _hf_key(path: tuple | str) -> tuple[str, bool]:
     return "model." + ".".join(module + [HF_LEAF_NAMES[leaf]]), leaf == "kernel"
 
 
-def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray], *, dtype=jnp.float32,
-                    param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
+def _place_blockwise(tensor: ParamTensor, sharding: jax.sharding.Sharding, dtype: np.dtype) -> jax.Array:
+    """`tensor` as a `dtype` array with `sharding`, one device's block at a time: each block is
+    read, cast and handed to its device before the next is read. (`jax.make_array_from_callback`
+    reads every block before placing any, so the host held a whole extra copy of the tensor.)"""
+    blocks = [jax.device_put(tensor.read(index, dtype), device)
+              for device, index in sharding.addressable_devices_indices_map(tensor.shape).items()]
+    return jax.make_array_from_single_device_arrays(tensor.shape, sharding, blocks)
+
+
+def from_hf_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray | StoredTensor], *,
+                    dtype=jnp.float32, param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
                     rules: shd.Rules | None = None, source: str = "weights") -> Llama:
-    """A `Llama` whose params are the given HF-named arrays ((out, in) linear weights).
+    """A `Llama` whose params are the given HF-named arrays ((out, in) linear weights), or the
+    lazily read tensors of `read_safetensors_weights`.
 
     With a mesh, each param is placed by its logical axes through `rules` (the mesh config's
-    logical_axis_rules).
+    logical_axis_rules), each device reading only its own block, cast to `param_dtype` there.
     """
     if (mesh is None) != (rules is None):
         raise ValueError("from_hf_weights: a mesh needs its logical-axis rules, and rules need a mesh")
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0), dtype=dtype,
                                             param_dtype=param_dtype))
     graphdef, state = nnx.split(abstract)
-    leaves = []
-    for path, variable, array in checked_arrays(nnx.to_flat_state(state), weights, _hf_key, source):
-        array = jnp.asarray(array, dtype=param_dtype)
-        if mesh is not None:
-            axes = variable.get_metadata().get("out_sharding")
-            array = jax.device_put(array, shd.named_sharding(mesh, axes, rules))
-        leaves.append((path, variable.replace(array)))
-    used = {_hf_key(path)[0] for path, _ in leaves}
+    # every tensor is checked (names, shapes) before any is read
+    checked = list(checked_arrays(nnx.to_flat_state(state), weights, _hf_key, source))
+    used = {_hf_key(path)[0] for path, _, _ in checked}
     # a tied checkpoint may still store lm_head (a copy of the embedding); rotary tables are derived
     ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
     unused = sorted(k for k in set(weights) - used - ignorable if not k.endswith("rotary_emb.inv_freq"))
     if unused:
         raise CheckpointError(f"{source}: tensors not used by the Llama architecture: {unused[:8]}")
+    leaves = []
+    param_dtype = np.dtype(param_dtype)
+    for path, variable, tensor in checked:
+        if mesh is None:
+            array = jnp.asarray(tensor.read(dtype=param_dtype))
+        else:
+            sharding = shd.named_sharding(mesh, variable.get_metadata().get("out_sharding"), rules)
+            array = _place_blockwise(tensor, sharding, param_dtype)
+        leaves.append((path, variable.replace(array)))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
@@ -256,17 +344,46 @@ def hf_config(directory: str | Path) -> LlamaConfig:
         pad_token_id=raw.get("pad_token_id"))
 
 
-def read_safetensors_weights(directory: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
-    """Config and float32 HF-named weights of an HF checkpoint dir (every *.safetensors file)."""
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def _stored_tensors(file: Path) -> list[StoredTensor]:
+    """The tensors of one safetensors file, from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as handle:
+            headers = {key: handle.get_slice(key) for key in handle.keys()}
+            return [StoredTensor(file, key, tuple(header.get_shape()), header.get_dtype())
+                    for key, header in headers.items()]
+    except Exception as err:  # safetensors raises its own error types on a damaged header
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from err
+
+
+def read_safetensors_weights(directory: str | Path) -> tuple[LlamaConfig, dict[str, StoredTensor]]:
+    """Config and HF-named tensors of an HF checkpoint dir, unread (`StoredTensor`s): the files
+    its model.safetensors.index.json names, else every *.safetensors file."""
     directory = Path(directory)
     cfg = hf_config(directory)
-    files = sorted(directory.glob("*.safetensors"))
+    index_file = directory / SAFETENSORS_INDEX
+    try:  # a checkpoint split over several files says which file holds each tensor
+        index = json.loads(index_file.read_text())["weight_map"] if index_file.is_file() else {}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index_file}: not a safetensors index with a weight_map ({err})") from err
+    files = sorted({directory / name for name in index.values()} or directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory}: no *.safetensors files")
     weights = {}
     for file in files:
-        weights.update({k: v.astype(np.float32) if v.dtype != np.float32 else v
-                        for k, v in read_safetensors(file).items()})
+        if not file.is_file():
+            raise CheckpointError(f"{index_file}: names {file.name}, which does not exist")
+        for tensor in _stored_tensors(file):
+            if tensor.key in weights:
+                raise CheckpointError(f"{file}: tensor {tensor.key!r} is also in {weights[tensor.key].file}")
+            weights[tensor.key] = tensor
+    misplaced = sorted(key for key, name in index.items() if key not in weights or weights[key].file != directory / name)
+    if misplaced:
+        raise CheckpointError(f"{index_file}: tensors not in the file it names: {misplaced[:8]}")
     return cfg, weights
 
 
