@@ -185,8 +185,10 @@ def llama_train_flops(cfg, batch: int, length: int, *, causal_once: bool = False
 def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *, seed: int) -> dict[str, Any]:
     """Fine-tune with `seed` (init, data order, the held-out split) into `workdir`; returns
     {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train metrics, "params":
-    final params (host), "architecture": the LlamaConfig, "tokenizer": the ChatTokenizer} (the last
-    three are what `checkpoints.save_hf_checkpoint` takes). Without rows, data.path's; without
+    final params (host), "model": the `Llama` holding them, "architecture": the LlamaConfig,
+    "tokenizer": the ChatTokenizer} (params or model, architecture and tokenizer are what
+    `checkpoints.save_hf_checkpoint` takes; with LoRA the params and model carry the adapters
+    unmerged: write `lora.merge_lora(result["model"])`). Without rows, data.path's; without
     eval_rows, data.eval_fraction of the rows is held out."""
     initialize(cfg.distributed)
     workdir = Path(workdir)
@@ -233,5 +235,5 @@ def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *,
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
     results["params"] = fitted.params(0)
-    results.update(architecture=spec.config, tokenizer=tokenizer)
+    results.update(model=spec.apply(results["params"]), architecture=spec.config, tokenizer=tokenizer)
     return results
