@@ -1,5 +1,6 @@
-"""Orbax checkpoints: SIGKILL then resume is bitwise identical (full fine-tuning and LoRA); damaged or partial checkpoints
-fall back to the previous good one with a warning; a checkpoint restores onto another mesh."""
+"""Orbax checkpoints: SIGKILL then resume is bitwise identical (full fine-tuning and LoRA);
+damaged or partial checkpoints fall back to the previous good one with a warning; a checkpoint
+restores onto another mesh."""
 
 import signal
 import subprocess
