@@ -1,6 +1,7 @@
 """What `jaxdiv compile` builds on, checked without libtpu: an abstract model describes the same
-params as a real one, per-layer remat leaves the SFT loss and gradients unchanged, and the
-analytic FLOPs follow the stated convention."""
+params as a real one, per-layer remat leaves the SFT loss and gradients unchanged, the analytic
+FLOPs follow the stated convention, and a LoRA program trains only the adapters (lowered here for
+the CPU devices; tests/aot/test_compile.py compiles it for a TPU topology)."""
 
 import dataclasses
 
@@ -53,3 +54,28 @@ def test_causal_flops_convention():
     attention_once = 6 * batch * length**2 * ARCH.num_heads * ARCH.head_dim * ARCH.num_layers
     assert llama_train_flops(ARCH, batch, length, causal_once=True) == pytest.approx(dense + attention_once)
     assert llama_train_flops(ARCH, batch, length) == pytest.approx(dense + 2 * attention_once)
+
+
+def test_lora_programs_train_only_the_adapters_over_a_frozen_base():
+    from pathlib import Path
+
+    from jaxdiv.aot.compile import _llama_config, classifier_program, sft_program
+    from jaxdiv.configlib import ConfigError, load_config
+    from jaxdiv.models import lora
+
+    tiny = Path(__file__).parents[2] / "configs/scale/tiny.py"
+    cfg = load_config(tiny, ["sft.lora.rank=4", "sft.frozen_dtype=bfloat16", "classifier.lora.rank=4"])
+    step, (state, batch, constants), static, _, _, flops = sft_program(cfg, jax.devices())
+    adapters = {k: v for k, v in state["trainable"].items() if lora.is_adapter(k.split("/"))}
+    assert len(adapters) == len(state["trainable"]) == 2 * 7 * cfg.decoder.num_layers  # A and B of each projection
+    assert {v.dtype for v in state["frozen"].values()} == {jnp.dtype(jnp.bfloat16)}
+    moments = [v for v in jax.tree.leaves(state["opt_state"]) if v.ndim > 1]
+    assert sum(v.size for v in moments) == 2 * sum(v.size for v in adapters.values())  # Adam's mu, nu
+    step.lower(state, batch, constants, **static)  # traces with the bf16 base
+    weights = llama.forward_flops(_llama_config(cfg), cfg.sft.batch_size, cfg.sft.max_length, 0)
+    assert flops == pytest.approx(sft_program(load_config(tiny), jax.devices())[5] - weights)
+
+    state = classifier_program(cfg, jax.devices())[1][0]
+    assert {k.split("/")[0] for k in state["trainable"] if not lora.is_adapter(k.split("/"))} == {"classifier"}
+    with pytest.raises(ConfigError, match="sft.frozen_dtype: full fine-tuning has no frozen base"):
+        load_config(tiny, ["sft.frozen_dtype=bfloat16"])

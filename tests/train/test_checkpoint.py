@@ -83,7 +83,8 @@ def test_sigkill_then_resume_is_bitwise_identical(lora, reference_run, trec_task
     killed_at = max(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
     assert 40 <= killed_at < STEPS
 
-    resumed = subprocess.run(_command(tmp_path, overrides), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_command(tmp_path, overrides), cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state, meta = _restore(tmp_path, cfg, len(trec_task.label_names), cfg.mesh)
     assert meta["step"] == STEPS and meta["examples_seen"] == STEPS * cfg.optim.batch_size
