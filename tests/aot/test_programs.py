@@ -56,6 +56,24 @@ def test_causal_flops_convention():
     assert llama_train_flops(ARCH, batch, length) == pytest.approx(dense + 2 * attention_once)
 
 
+def test_lora_flops_match_xla_without_the_frozen_weights_gradients():
+    """Under LoRA the backward of the frozen weights is their input gradient alone: 4·N·T plus
+    attention, as XLA counts the compiled gradient (6·N·T would exceed it; rank-1 adapters: their
+    own matmuls are noise)."""
+    from jaxdiv.models import lora
+
+    arch = dataclasses.replace(ARCH, vocab_size=256, hidden_size=128, intermediate_size=512, num_layers=2,
+                               head_dim=32)
+    model = nnx.eval_shape(lambda: lora.apply_lora(llama.Llama(arch, rngs=nnx.Rngs(0)), lora.LoRAConfig(rank=1),
+                                                   rngs=nnx.Rngs(1)))
+    spec = spec_of(model, arch, lora.trainable(model))
+    batch = {k: jnp.ones((4, 32), jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}
+    grad = jax.jit(jax.grad(lambda trainable, frozen: lm_loss(spec)({**trainable, **frozen}, batch, None)[0]))
+    cost = grad.lower(*spec.split(spec.initial)).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert 0.95 * xla <= llama_train_flops(arch, 4, 32, lora=True) <= xla  # XLA also counts elementwise work
+
+
 def test_lora_programs_train_only_the_adapters_over_a_frozen_base():
     from pathlib import Path
 
