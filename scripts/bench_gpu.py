@@ -156,7 +156,7 @@ def train_step_runner(spec, batch: dict[str, np.ndarray], loss_fn):
     program = build_program(spec, optim, make_mesh(mesh_cfg), mesh_cfg.logical_axis_rules, 1, loss_fn=loss_fn,
                             batch_ndims={k: v.ndim for k, v in batch.items()})
     device_batch = data_lib.global_batch({k: v[None] for k, v in batch.items()}, program.batch_shardings)
-    holder = {"state": program.init(*init_args(spec, [None], [0], [1000]))}
+    holder = {"state": program.init(*init_args(spec, [None], [0], [1000], shared_frozen=True))}
 
     def run():
         holder["state"], metrics = program.train_step(holder["state"], device_batch, None)

@@ -63,7 +63,7 @@ def jaxdiv_step(task, steps: int, batch: int, length: int, dtype: str = "float32
     host = rows.take(data_lib.batch_indices(0, 0, batch, len(rows)))
     host["attention_mask"][:] = 1  # every position real, as in the torch run
     device_batch = data_lib.global_batch({k: v[None] for k, v in host.items()}, program.batch_shardings)
-    holder = {"state": program.init(*init_args(spec, [None], [0], [1000]))}
+    holder = {"state": program.init(*init_args(spec, [None], [0], [1000], shared_frozen=True))}
 
     def run():
         holder["state"], metrics = program.train_step(holder["state"], device_batch, None)

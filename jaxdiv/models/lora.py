@@ -23,7 +23,7 @@ adapter its key for one forward (the training losses call it); without it, none.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,9 @@ class LoRAConfig:
                                             "matched as PEFT matches them (the whole name or its last "
                                             "dotted parts); empty: every attention and MLP projection "
                                             "(q/k/v/o/gate/up/down_proj; BERT: query/key/value/dense)")
+    base_dtype: Literal["float32", "bfloat16"] = param(
+        "float32", help="dtype the frozen base's matrices are held in (bfloat16: half their memory; "
+                        "the adapters, the head and the optimizer state stay float32)")
 
 
 class LoRALinear(nnx.Linear):

@@ -68,7 +68,8 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> ModelSpec:
     # adapters on the layers that would train (none below frozen_layers), seeded per run
     lora.apply_lora(model, cfg.lora, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 3)),
                     where=model.trainable)
-    return spec_of(model, model.cfg, lora.trainable(model, model.trainable), num_labels)
+    return spec_of(model, model.cfg, lora.trainable(model, model.trainable), num_labels,
+                   frozen_dtype=jnp.dtype(cfg.lora.base_dtype))
 
 
 def _logits(spec: ModelSpec, params: dict[str, jax.Array], batch, dropout_key=None) -> jax.Array:

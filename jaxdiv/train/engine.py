@@ -122,11 +122,11 @@ class Program:
 
 
 def _init_shapes(spec: ModelSpec, num_runs: int, shared_frozen: bool) -> tuple[Any, ...]:
-    stacked = lambda v: jax.ShapeDtypeStruct((num_runs,) + tuple(v.shape), jnp.float32)
+    stacked = lambda v: jax.ShapeDtypeStruct((num_runs,) + tuple(v.shape), v.dtype)
     frozen = {k: v for k, v in spec.initial.items() if k not in spec.trainable_keys}
     return (jax.ShapeDtypeStruct((num_runs,), jnp.uint32), jax.ShapeDtypeStruct((num_runs,), jnp.int32),
             {k: stacked(spec.initial[k]) for k in sorted(spec.trainable_keys)},
-            {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) if shared_frozen else stacked(v)
+            {k: jax.ShapeDtypeStruct(v.shape, v.dtype) if shared_frozen else stacked(v)
              for k, v in sorted(frozen.items())})
 
 
@@ -138,14 +138,13 @@ def shares_frozen(spec: ModelSpec, initial: Sequence[Mapping[str, np.ndarray] | 
 
 
 def init_args(spec: ModelSpec, initial: Sequence[Mapping[str, np.ndarray] | None], seeds: Sequence[int],
-              steps: Sequence[int]) -> tuple[Any, ...]:
+              steps: Sequence[int], *, shared_frozen: bool) -> tuple[Any, ...]:
     """`Program.init`'s host arguments: the runs' seeds, lengths and stacked initial params (None:
-    the spec's; frozen params once when every run shares the spec's)."""
+    the spec's; frozen params once when `shared_frozen`, see `shares_frozen`)."""
     initial = [spec.initial if params is None else params for params in initial]
-    shared = shares_frozen(spec, initial)
     return (np.array(seeds, np.uint32), np.array(steps, np.int32),
             {k: np.stack([params[k] for params in initial]) for k in sorted(spec.trainable_keys)},
-            {k: v if shared else np.stack([params[k] for params in initial])
+            {k: v if shared_frozen else np.stack([params[k] for params in initial])
              for k, v in sorted(spec.initial.items()) if k not in spec.trainable_keys})
 
 
@@ -256,7 +255,7 @@ def fit(cfg: Any, spec: ModelSpec, runs: Sequence[Run], workdir: Path, *, loss_f
 
     initial = [run.initial for run in runs]
     shared = shares_frozen(spec, initial)
-    args = init_args(spec, initial, [run.seed for run in runs], steps)
+    args = init_args(spec, initial, [run.seed for run in runs], steps, shared_frozen=shared)
     example = runs[0].data.take(np.zeros(1, np.int64))
     program = build_program(spec, optim, mesh, rules, len(runs), loss_fn=loss_fn,
                             batch_ndims={k: v.ndim for k, v in example.items()}, shared_frozen=shared,

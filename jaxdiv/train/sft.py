@@ -116,12 +116,13 @@ def build_lm(cfg: LMModelConfig, seed: int):
     with LoRA adapters when `cfg.lora.rank` > 0 (then only they train)."""
     model, tokenizer = _decoder(cfg, seed)
     trainable = lm_trainable(cfg.frozen_layers)
-    if cfg.lora.rank:
-        # adapters on the layers that would train (none below frozen_layers), seeded by the run
-        lora.apply_lora(model, cfg.lora, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 3)),
-                        where=trainable)
-        trainable = lora.trainable(model, trainable)
-    return spec_of(model, model.cfg, trainable), tokenizer
+    if not cfg.lora.rank:
+        return spec_of(model, model.cfg, trainable), tokenizer
+    # adapters on the layers that would train (none below frozen_layers), seeded by the run
+    lora.apply_lora(model, cfg.lora, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 3)),
+                    where=trainable)
+    return spec_of(model, model.cfg, lora.trainable(model, trainable),
+                   frozen_dtype=jnp.dtype(cfg.lora.base_dtype)), tokenizer
 
 
 def _decoder(cfg: LMModelConfig, seed: int):

@@ -33,7 +33,7 @@ class ModelSpec:
     which of them train. Model-agnostic: the classifier and the causal LM both use it."""
 
     graphdef: Any
-    initial: dict[str, np.ndarray]  # pretrained / seeded-random weights, f32, host memory
+    initial: dict[str, np.ndarray]  # pretrained / seeded-random weights, host memory (f32; see spec_of)
     logical_axes: dict[str, tuple[str | None, ...]]
     trainable_keys: frozenset[str]
     config: Any  # the architecture (BertConfig, LlamaConfig)
@@ -54,20 +54,24 @@ class ModelSpec:
         return sum(int(np.prod(v.shape)) for v in self.initial.values())
 
 
-def _host_f32(value: Any) -> np.ndarray | jax.ShapeDtypeStruct:
+def _host(value: Any, dtype: Any) -> np.ndarray | jax.ShapeDtypeStruct:
     # an abstract model (nnx.eval_shape, e.g. for ahead-of-time compilation) stays abstract
     if isinstance(value, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(value.shape, jnp.float32)
-    return np.asarray(value, np.float32)
+        return jax.ShapeDtypeStruct(value.shape, dtype)
+    return np.asarray(value, dtype)
 
 
-def spec_of(model: nnx.Module, config: Any, trainable=lambda path: True, num_labels: int = 0) -> ModelSpec:
-    """Describe a built module: host copies of its params, their logical axes, what trains."""
+def spec_of(model: nnx.Module, config: Any, trainable=lambda path: True, num_labels: int = 0,
+            frozen_dtype: Any = jnp.float32) -> ModelSpec:
+    """Describe a built module: host copies of its params, their logical axes, what trains. Params
+    are float32, but frozen matrices are held in `frozen_dtype` (LoRA's bf16 base): the models'
+    layers cast their weights to the compute dtype, so a frozen bf16 kernel needs nothing else."""
     graphdef, state = nnx.split(model, nnx.Param)
     flat = list(nnx.to_flat_state(state))
+    dtype = lambda path, value: frozen_dtype if value.ndim >= 2 and not trainable(path) else jnp.float32
     return ModelSpec(
         graphdef=graphdef,
-        initial={_key(p): _host_f32(v.get_value()) for p, v in flat},
+        initial={_key(p): _host(v.get_value(), dtype(p, v.get_value())) for p, v in flat},
         logical_axes={_key(p): tuple(v.get_metadata().get("out_sharding") or (None,) * v.get_value().ndim)
                       for p, v in flat},
         trainable_keys=frozenset(_key(p) for p, _ in flat if trainable(p)),

@@ -67,7 +67,7 @@ def test_mesh_shapes_and_grad_accumulation_give_the_same_training(trec_rows, tmp
     def state_on(mesh):
         program = build_program(spec, cfg.optim, make_mesh(mesh), rules, 1, loss_fn=classifier_loss(spec),
                                 batch_ndims={"input_ids": 2, "attention_mask": 2, "labels": 1})
-        return program.init(*init_args(spec, [None], [0], [10]))
+        return program.init(*init_args(spec, [None], [0], [10], shared_frozen=True))
 
     # one run: its run axis (size 1) is replicated, the params sharded by their logical axes
     state = state_on(MESHES["data2_fsdp2_tensor2"])
