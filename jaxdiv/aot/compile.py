@@ -181,11 +181,10 @@ def _llama_config(cfg: CompileConfig):
 # The programs: each returns (jitted function, abstract args, static kwargs, mesh, batch, analytic FLOPs).
 
 def _train_program(what: str, program, devices, optim, build_model: Callable[[], nnx.Module],
-                   batch_shapes: dict[str, tuple[tuple[int, ...], Any]], loss, flops: float,
-                   frozen_dtype=jnp.float32, num_labels: int = 0):
+                   batch_shapes: dict[str, tuple[tuple[int, ...], Any]], loss, flops: float, num_labels: int = 0):
     """The engine's train step for one run (R = 1), as `jaxdiv train` runs it, of the model
     `build_model` makes (abstract), with `program`'s mesh and batch: every weight trains, or with
-    `program.lora` the adapters (and a classifier's head) over a base frozen in `frozen_dtype`.
+    `program.lora` the adapters (and a classifier's head) over a frozen base in lora.base_dtype.
     `loss(spec)` is the step's loss; `flops` its analytic count."""
     from jaxdiv.models import lora
     from jaxdiv.train.engine import build_program
@@ -200,14 +199,13 @@ def _train_program(what: str, program, devices, optim, build_model: Callable[[],
         return lora.apply_lora(model, program.lora, rngs=nnx.Rngs(0)) if program.lora.rank else model
 
     model = nnx.eval_shape(model_with_adapters)
-    spec = spec_of(model, model.cfg, lora.trainable(model) if program.lora.rank else lambda path: True, num_labels)
+    spec = spec_of(model, model.cfg, lora.trainable(model) if program.lora.rank else lambda path: True, num_labels,
+                   frozen_dtype=jnp.dtype(program.lora.base_dtype))
     train = build_program(spec, optim, mesh, rules, 1, loss_fn=loss(spec),
                           batch_ndims={k: len(shape) for k, (shape, _) in batch_shapes.items()})
-    state = train.abstract_state()
-    state["frozen"] = {k: _abstract(v.shape, frozen_dtype, v.sharding) for k, v in state["frozen"].items()}
     batch = {k: _abstract((1,) + shape, dtype, train.batch_shardings[k]) for k, (shape, dtype) in batch_shapes.items()}
-    return (train.train_step, (state, batch, None), {}, mesh, f"{program.batch_size} x {program.max_length} tokens",
-            flops)
+    return (train.train_step, (train.abstract_state(), batch, None), {}, mesh,
+            f"{program.batch_size} x {program.max_length} tokens", flops)
 
 
 def classifier_program(cfg: CompileConfig, devices):
@@ -240,8 +238,7 @@ def sft_program(cfg: CompileConfig, devices):
         "sft", s, devices, OptimConfig(batch_size=s.batch_size, grad_accum=s.grad_accum),
         lambda: llama.Llama(arch, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(s.compute_dtype), remat=s.remat),
         {k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}, lm_loss,
-        llama_train_flops(arch, s.batch_size, s.max_length, causal_once=True, lora=bool(s.lora.rank)),
-        frozen_dtype=_dtype(s.frozen_dtype))
+        llama_train_flops(arch, s.batch_size, s.max_length, causal_once=True, lora=bool(s.lora.rank)))
 
 
 def _generator(cfg: CompileConfig, devices):
@@ -393,9 +390,11 @@ def _variant(cfg: CompileConfig) -> tuple[list[str], list[str]]:
     """What sets a run apart from the default one of its decoder and topology: the programs when
     only some ran, and the LoRA settings when set."""
     programs = [] if tuple(cfg.programs) == PROGRAMS else list(cfg.programs)
-    settings = [f"{name}.lora.rank={program.lora.rank}" for name, program in
-                (("classifier", cfg.classifier), ("sft", cfg.sft)) if program.lora.rank]
-    settings += [f"sft.frozen_dtype={cfg.sft.frozen_dtype}"] * (cfg.sft.frozen_dtype != "float32")
+    settings = []
+    for name, program in (("classifier", cfg.classifier), ("sft", cfg.sft)):
+        if program.lora.rank:
+            settings += [f"{name}.lora.rank={program.lora.rank}"]
+            settings += [f"{name}.lora.base_dtype={program.lora.base_dtype}"] * (program.lora.base_dtype != "float32")
     return programs, settings
 
 
@@ -410,17 +409,16 @@ def _fine_tuning(lora_cfg) -> str:
     if not lora_cfg.rank:
         return "full fine-tuning"
     targets = ", ".join(lora_cfg.target_modules) or "every projection"
-    return f"LoRA rank {lora_cfg.rank} on {targets}"
+    return f"LoRA rank {lora_cfg.rank} on {targets} over a {lora_cfg.base_dtype} frozen base"
 
 
 def markdown_section(cfg: CompileConfig, results: list[ProgramResult], device_kind: str) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     programs, settings = _variant(cfg)
     variant = ": " + ", ".join(programs + settings) if programs or settings else ""
-    base = f" over a {cfg.sft.frozen_dtype} frozen base" if cfg.sft.lora.rank else ""
     lines = [f"## {cfg.decoder.name} on {cfg.topology} ({results[0].devices} x {device_kind}){variant}", "",
              f"Compiled {when} by `jaxdiv compile` (jax {jax.__version__}). SFT: {_fine_tuning(cfg.sft.lora)}"
-             f"{base}, batch {cfg.sft.batch_size} x {cfg.sft.max_length} tokens, remat={cfg.sft.remat}; "
+             f", batch {cfg.sft.batch_size} x {cfg.sft.max_length} tokens, remat={cfg.sft.remat}; "
              f"classifier: {_fine_tuning(cfg.classifier.lora)}. Out = outputs not aliased to donated inputs; "
              f"peak = args + out + temp + code.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]

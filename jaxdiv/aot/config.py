@@ -60,7 +60,7 @@ class ClassifierProgram:
 class SFTProgram:
     """The decoder's SFT step (`jaxdiv.train.sft`'s loss, AdamW; f32 trainable params and optimizer
     state): full fine-tuning, or (lora.rank > 0) LoRA, where only the adapters train and hold
-    optimizer state and the frozen base may be held in bfloat16."""
+    optimizer state, over a frozen base held in lora.base_dtype."""
 
     batch_size: int = param(64, ge=1, help="global sequences per step (divisible by the mesh's batch shards)")
     max_length: int = param(4096, ge=8, help="tokens per sequence")
@@ -68,17 +68,12 @@ class SFTProgram:
     compute_dtype: Literal["float32", "bfloat16"] = param("bfloat16", help="matmul dtype")
     remat: bool = param(True, help="recompute each layer's activations in the backward pass "
                                    "(LMModelConfig.remat): only layer inputs stay live")
-    frozen_dtype: Literal["float32", "bfloat16"] = param(
-        "float32", help="LoRA only: dtype of the frozen base weights (bfloat16 halves their bytes; "
-                        "`jaxdiv train` holds them in float32)")
     mesh: MeshConfig = section(MeshConfig)
     lora: LoRAConfig = section(LoRAConfig)  # as LMModelConfig.lora
 
     def check(self) -> None:
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
-        if self.frozen_dtype != "float32" and not self.lora.rank:
-            raise ConfigError("frozen_dtype: full fine-tuning has no frozen base; set lora.rank > 0")
 
 
 @dataclasses.dataclass(frozen=True)

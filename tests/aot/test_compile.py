@@ -48,13 +48,13 @@ def test_tiny_programs_fit_v5e_2x2(tmp_path):
 
 def test_tiny_lora_sft_fits_v5e_2x2_in_its_own_report_section(tmp_path):
     out = compile_cli(tmp_path, "--set", "programs=sft", "--set", "sft.lora.rank=8", "--set",
-                      "sft.frozen_dtype=bfloat16")
+                      "sft.lora.base_dtype=bfloat16")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = report_rows(tmp_path / "aot.md")
     assert set(rows) == {"sft"} and rows["sft"][8] == "yes" and rows["sft"][2] == "1x2x2"
     text = (tmp_path / "aot.md").read_text()
     # its own section: a LoRA run never replaces the full fine-tuning rows of the same decoder and topology
-    assert "<!-- aot tiny v5e:2x2 sft sft.lora.rank=8 sft.frozen_dtype=bfloat16 -->" in text
+    assert "<!-- aot tiny v5e:2x2 sft sft.lora.rank=8 sft.lora.base_dtype=bfloat16 -->" in text
     assert "SFT: LoRA rank 8 on every projection over a bfloat16 frozen base" in text
 
 

@@ -78,15 +78,16 @@ def test_lora_programs_train_only_the_adapters_over_a_frozen_base():
     from pathlib import Path
 
     from jaxdiv.aot.compile import _llama_config, classifier_program, sft_program
-    from jaxdiv.configlib import ConfigError, load_config
+    from jaxdiv.configlib import load_config
     from jaxdiv.models import lora
 
     tiny = Path(__file__).parents[2] / "configs/scale/tiny.py"
-    cfg = load_config(tiny, ["sft.lora.rank=4", "sft.frozen_dtype=bfloat16", "classifier.lora.rank=4"])
+    cfg = load_config(tiny, ["sft.lora.rank=4", "sft.lora.base_dtype=bfloat16", "classifier.lora.rank=4"])
     step, (state, batch, constants), static, _, _, flops = sft_program(cfg, jax.devices())
     adapters = {k: v for k, v in state["trainable"].items() if lora.is_adapter(k.split("/"))}
     assert len(adapters) == len(state["trainable"]) == 2 * 7 * cfg.decoder.num_layers  # A and B of each projection
-    assert {v.dtype for v in state["frozen"].values()} == {jnp.dtype(jnp.bfloat16)}
+    frozen = state["frozen"]
+    assert {k for k, v in frozen.items() if v.dtype == jnp.bfloat16} == {k for k, v in frozen.items() if v.ndim >= 2}
     moments = [v for v in jax.tree.leaves(state["opt_state"]) if v.ndim > 1]
     assert sum(v.size for v in moments) == 2 * sum(v.size for v in adapters.values())  # Adam's mu, nu
     step.lower(state, batch, constants, **static)  # traces with the bf16 base
@@ -95,5 +96,3 @@ def test_lora_programs_train_only_the_adapters_over_a_frozen_base():
 
     state = classifier_program(cfg, jax.devices())[1][0]
     assert {k.split("/")[0] for k in state["trainable"] if not lora.is_adapter(k.split("/"))} == {"classifier"}
-    with pytest.raises(ConfigError, match="sft.frozen_dtype: full fine-tuning has no frozen base"):
-        load_config(tiny, ["sft.frozen_dtype=bfloat16"])
