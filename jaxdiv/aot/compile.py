@@ -393,8 +393,9 @@ def _variant(cfg: CompileConfig) -> tuple[list[str], list[str]]:
     settings = []
     for name, program in (("classifier", cfg.classifier), ("sft", cfg.sft)):
         if program.lora.rank:
-            settings += [f"{name}.lora.rank={program.lora.rank}"]
-            settings += [f"{name}.lora.base_dtype={program.lora.base_dtype}"] * (program.lora.base_dtype != "float32")
+            settings.append(f"{name}.lora.rank={program.lora.rank}")
+        if program.lora.rank and program.lora.base_dtype != "float32":
+            settings.append(f"{name}.lora.base_dtype={program.lora.base_dtype}")
     return programs, settings
 
 
