@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiv.aot.config import PROGRAMS, CompileConfig
+from jaxdiv.aot.config import PROGRAMS, ClassifierProgram, CompileConfig, SFTProgram
 from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
 
@@ -180,8 +180,9 @@ def _llama_config(cfg: CompileConfig):
 # ---------------------------------------------------------------------------
 # The programs: each returns (jitted function, abstract args, static kwargs, mesh, batch, analytic FLOPs).
 
-def _train_program(what: str, program, devices, optim, build_model: Callable[[], nnx.Module],
-                   batch_shapes: dict[str, tuple[tuple[int, ...], Any]], loss, flops: float, num_labels: int = 0):
+def _train_program(what: str, program: ClassifierProgram | SFTProgram, devices, optim,
+                   build_model: Callable[[], nnx.Module], batch_shapes: dict[str, tuple[tuple[int, ...], Any]],
+                   loss: Callable, flops: float, num_labels: int = 0):
     """The engine's train step for one run (R = 1), as `jaxdiv train` runs it, of the model
     `build_model` makes (abstract), with `program`'s mesh and batch: every weight trains, or with
     `program.lora` the adapters (and a classifier's head) over a frozen base in lora.base_dtype.

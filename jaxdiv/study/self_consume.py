@@ -14,9 +14,8 @@ generator. Round 0 is the same in every chain: its pool, scores and classifiers 
 
 Every stage is cached under the workdir by a content hash of all it depends on: a generator's
 key chains its parent's key, the key of the pool it was fine-tuned on and the SFT settings (its
-LoRA section too, as the classifiers' keys hold `train.model.lora`); a
-pool's key is its generation settings and its generator's key (`jaxdiv.study.cache`, shared with
-the study). A killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished
+LoRA section too, as a classifier's key holds `train.model.lora`); a pool's key is its
+generation settings and its generator's key (`jaxdiv.study.cache`, shared with the study). A killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished
 stages never again) and a finished run only rewrites the table and the report
 (`jaxdiv.report.self_consume`).
 
@@ -195,7 +194,7 @@ def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent
         real = mixed_real_rows(cfg, task, chain, parent.round, pool)
         started = time.perf_counter()
         result = train_sft(sft_settings(cfg, parent), synthetic + real, eval_rows, run_dir, seed=cfg.seed)
-        # with sft.model.lora the adapters are folded in: the next round and transformers read a plain checkpoint
+        # adapters (sft.model.lora) folded in: the next round and transformers read a plain checkpoint
         save_hf_checkpoint(merge_lora(result["model"]), result["architecture"], result["tokenizer"], directory)
         record = {"steps": result["steps"], "train_loss": result["train"].get("loss", math.nan),
                   "heldout_real_loss": result["eval"]["loss"], "seconds": time.perf_counter() - started,
