@@ -9,6 +9,7 @@ import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -62,10 +63,10 @@ def reference_run(trec_task, tmp_path_factory):
     return _uninterrupted(trec_task, tmp_path_factory.mktemp("uninterrupted"), OVERRIDES)
 
 
-# LoRA: the frozen base is restored, not trained, and the adapters and head resume bitwise too
+# LoRA: the frozen base (held in bf16) is restored, not trained, and the adapters and head resume bitwise too
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_sigkill_then_resume_is_bitwise_identical(lora, reference_run, trec_task, tmp_path, compilation_cache):
-    overrides = OVERRIDES + ["model.lora.rank=4"] * lora
+    overrides = OVERRIDES + ["model.lora.rank=4", "model.lora.base_dtype=bfloat16"] * lora
     cfg, _, reference = _uninterrupted(trec_task, tmp_path / "uninterrupted", overrides) if lora else reference_run
     env = subprocess_env(compilation_cache)
     process = subprocess.Popen(_command(tmp_path, overrides), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -90,6 +91,7 @@ def test_sigkill_then_resume_is_bitwise_identical(lora, reference_run, trec_task
     assert meta["step"] == STEPS and meta["examples_seen"] == STEPS * cfg.optim.batch_size
     params = _params(state)
     assert lora == any(key.endswith("/lora_b") for key in reference["params"])
+    assert lora == any(value.dtype == jnp.bfloat16 for value in params.values())
     for key, value in reference["params"].items():
         assert np.array_equal(params[key], value), key  # bitwise
     assert (tmp_path / "results.json").read_text() != ""
