@@ -5,8 +5,9 @@ As MaxText's `train_compile.py`: `jax.experimental.topologies` describes the pod
 from `ShapeDtypeStruct`s carrying `NamedSharding`s and compiled by the TPU compiler. Nothing
 is allocated: the model is built with `nnx.eval_shape`. The programs are the ones jaxdiv runs,
 from the same builders: the classifier train step (`train.engine.build_program`), the
-decoder's full SFT step (the same, with `train.sft.lm_loss`), and the generator's prefill
-and decode (`generate.sampler.JaxGenerator`).
+decoder's SFT step (the same, with `train.sft.lm_loss`), each full fine-tuning or LoRA (the
+program's `lora` section), and the generator's prefill and decode
+(`generate.sampler.JaxGenerator`).
 
     results = compile_programs(cfg)   # one ProgramResult per program
 """
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiv.aot.config import PROGRAMS, CompileConfig
+from jaxdiv.aot.config import PROGRAMS, ClassifierProgram, CompileConfig, SFTProgram
 from jaxdiv.errors import JaxdivError
 from jaxdiv.io import atomic_write_text
 
@@ -39,9 +40,10 @@ GiB = 1024**3
 HBM_BYTES = {"TPU v4": 32 * GiB, "TPU v5 lite": 16 * GiB, "TPU v5": 95 * GiB, "TPU v5p": 95 * GiB,
              "TPU v6 lite": 32 * GiB}
 FLOPS_CONVENTION = ("Analytic FLOPs are matmul FLOPs, MaxText's convention: 6·N·T for the weights "
-                    "(N the matmul weights, LM head included; T the tokens) plus the attention term "
-                    "with causal masking counted once (forward 2·2·T·T/2·H·D per layer and row, x3 in "
-                    "training); decode attends every cache slot. XLA's FLOPs (`cost_analysis()`) are "
+                    "(N the matmul weights, LM head included; T the tokens; 4·N·T under LoRA, whose "
+                    "frozen weights get no gradient) plus the attention term with causal masking "
+                    "counted once (forward 2·2·T·T/2·H·D per layer and row, x3 in training); decode "
+                    "attends every cache slot. XLA's FLOPs (`cost_analysis()`) are "
                     "per device, of the program as compiled: every op, elementwise ones included, the "
                     "recomputed forward of a rematerialised train step, and masked attention in full; "
                     "a while loop's body is counted once, so the decode figure is one step of the chunk.")
@@ -178,14 +180,33 @@ def _llama_config(cfg: CompileConfig):
 # ---------------------------------------------------------------------------
 # The programs: each returns (jitted function, abstract args, static kwargs, mesh, batch, analytic FLOPs).
 
-def _train_program(spec, optim, mesh, rules, batch_shapes, loss_fn):
-    """The engine's train step for one run (R = 1), as `jaxdiv train` runs it."""
+def _train_program(what: str, program: ClassifierProgram | SFTProgram, devices, optim,
+                   build_model: Callable[[], nnx.Module], batch_shapes: dict[str, tuple[tuple[int, ...], Any]],
+                   loss: Callable, flops: float, num_labels: int = 0):
+    """The engine's train step for one run (R = 1), as `jaxdiv train` runs it, of the model
+    `build_model` makes (abstract), with `program`'s mesh and batch: every weight trains, or with
+    `program.lora` the adapters (and a classifier's head) over a frozen base in lora.base_dtype.
+    `loss(spec)` is the step's loss; `flops` its analytic count."""
+    from jaxdiv.models import lora
     from jaxdiv.train.engine import build_program
+    from jaxdiv.train.state import spec_of
 
-    program = build_program(spec, optim, mesh, rules, 1, loss_fn=loss_fn,
-                            batch_ndims={k: len(shape) for k, (shape, _) in batch_shapes.items()})
-    batch = {k: _abstract((1,) + shape, dtype, program.batch_shardings[k]) for k, (shape, dtype) in batch_shapes.items()}
-    return program.train_step, (program.abstract_state(), batch, None), {}
+    mesh, rules = _mesh(program.mesh, devices, f"{what}.mesh"), program.mesh.logical_axis_rules
+    _check_batch(what, program.batch_size, mesh, rules)
+
+    def model_with_adapters():
+        model = build_model()
+        # abstract: the adapters' init seed fixes nothing compiled
+        return lora.apply_lora(model, program.lora, rngs=nnx.Rngs(0)) if program.lora.rank else model
+
+    model = nnx.eval_shape(model_with_adapters)
+    spec = spec_of(model, model.cfg, lora.trainable(model) if program.lora.rank else lambda path: True, num_labels,
+                   frozen_dtype=jnp.dtype(program.lora.base_dtype))
+    train = build_program(spec, optim, mesh, rules, 1, loss_fn=loss(spec),
+                          batch_ndims={k: len(shape) for k, (shape, _) in batch_shapes.items()})
+    batch = {k: _abstract((1,) + shape, dtype, train.batch_shardings[k]) for k, (shape, dtype) in batch_shapes.items()}
+    return (train.train_step, (train.abstract_state(), batch, None), {}, mesh,
+            f"{program.batch_size} x {program.max_length} tokens", flops)
 
 
 def classifier_program(cfg: CompileConfig, devices):
@@ -193,44 +214,32 @@ def classifier_program(cfg: CompileConfig, devices):
     from jaxdiv.train.classifier import classifier_loss
     from jaxdiv.train.config import OptimConfig
     from jaxdiv.train.metrics import bert_train_flops
-    from jaxdiv.train.state import spec_of
 
     c = cfg.classifier
-    mesh, rules = _mesh(c.mesh, devices, "classifier.mesh"), c.mesh.logical_axis_rules
-    _check_batch("classifier", c.batch_size, mesh, rules)
     arch = bert.BertConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
                            num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size)
-    model = nnx.eval_shape(lambda: bert.BertClassifier(arch, c.num_labels, dtype=_dtype(c.compute_dtype),
-                                                       rngs=nnx.Rngs(cfg.seed)))
-    spec = spec_of(model, arch, model.trainable, c.num_labels)
     shape = (c.batch_size, c.max_length)
-    step, args, static = _train_program(
-        spec, OptimConfig(batch_size=c.batch_size), mesh, rules,
+    return _train_program(
+        "classifier", c, devices, OptimConfig(batch_size=c.batch_size),
+        lambda: bert.BertClassifier(arch, c.num_labels, dtype=_dtype(c.compute_dtype), rngs=nnx.Rngs(cfg.seed)),
         {"input_ids": (shape, jnp.int32), "attention_mask": (shape, jnp.int32), "labels": (shape[:1], jnp.int32)},
-        classifier_loss(spec))
-    flops = bert_train_flops(arch, c.num_labels, c.batch_size, c.max_length)
-    return step, args, static, mesh, f"{c.batch_size} x {c.max_length} tokens", flops
+        classifier_loss, bert_train_flops(arch, c.num_labels, c.batch_size, c.max_length, lora=bool(c.lora.rank)),
+        num_labels=c.num_labels)
 
 
 def sft_program(cfg: CompileConfig, devices):
     from jaxdiv.models import llama
     from jaxdiv.train.config import OptimConfig
     from jaxdiv.train.sft import llama_train_flops, lm_loss
-    from jaxdiv.train.state import spec_of
 
     s = cfg.sft
-    mesh, rules = _mesh(s.mesh, devices, "sft.mesh"), s.mesh.logical_axis_rules
-    _check_batch("sft", s.batch_size, mesh, rules)
     arch = _llama_config(cfg)
-    model = nnx.eval_shape(lambda: llama.Llama(arch, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(s.compute_dtype),
-                                               remat=s.remat))
-    spec = spec_of(model, arch)
     shape = (s.batch_size, s.max_length)
-    step, args, static = _train_program(
-        spec, OptimConfig(batch_size=s.batch_size, grad_accum=s.grad_accum), mesh, rules,
-        {k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}, lm_loss(spec))
-    flops = llama_train_flops(arch, s.batch_size, s.max_length, causal_once=True)
-    return step, args, static, mesh, f"{s.batch_size} x {s.max_length} tokens", flops
+    return _train_program(
+        "sft", s, devices, OptimConfig(batch_size=s.batch_size, grad_accum=s.grad_accum),
+        lambda: llama.Llama(arch, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(s.compute_dtype), remat=s.remat),
+        {k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}, lm_loss,
+        llama_train_flops(arch, s.batch_size, s.max_length, causal_once=True, lora=bool(s.lora.rank)))
 
 
 def _generator(cfg: CompileConfig, devices):
@@ -378,20 +387,42 @@ def verdict(result: ProgramResult) -> str:
     return f"{result.peak_bytes / GiB:.2f} GiB per device > {result.hbm_bytes / GiB:.2f} GiB HBM"
 
 
+def _variant(cfg: CompileConfig) -> tuple[list[str], list[str]]:
+    """What sets a run apart from the default one of its decoder and topology: the programs when
+    only some ran, and the LoRA settings when set."""
+    programs = [] if tuple(cfg.programs) == PROGRAMS else list(cfg.programs)
+    settings = []
+    for name, program in (("classifier", cfg.classifier), ("sft", cfg.sft)):
+        if program.lora.rank:
+            settings.append(f"{name}.lora.rank={program.lora.rank}")
+        if program.lora.rank and program.lora.base_dtype != "float32":
+            settings.append(f"{name}.lora.base_dtype={program.lora.base_dtype}")
+    return programs, settings
+
+
 def report_key(cfg: CompileConfig) -> str:
-    """The report section a run (re)writes: decoder and topology, plus the programs when only some
-    ran (so a partial run never drops the rows of another)."""
-    subset = "" if tuple(cfg.programs) == PROGRAMS else " " + ",".join(cfg.programs)
-    return f"{cfg.decoder.name} {cfg.topology}{subset}"
+    """The report section a run (re)writes: decoder and topology, plus what sets the run apart (so
+    a partial or LoRA run never drops the rows of another)."""
+    programs, settings = _variant(cfg)
+    return " ".join([cfg.decoder.name, cfg.topology] + [",".join(programs)] * bool(programs) + settings)
+
+
+def _fine_tuning(lora_cfg) -> str:
+    if not lora_cfg.rank:
+        return "full fine-tuning"
+    targets = ", ".join(lora_cfg.target_modules) or "every projection"
+    return f"LoRA rank {lora_cfg.rank} on {targets} over a {lora_cfg.base_dtype} frozen base"
 
 
 def markdown_section(cfg: CompileConfig, results: list[ProgramResult], device_kind: str) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    subset = "" if tuple(cfg.programs) == PROGRAMS else ": " + ", ".join(cfg.programs)
-    lines = [f"## {cfg.decoder.name} on {cfg.topology} ({results[0].devices} x {device_kind}){subset}", "",
-             f"Compiled {when} by `jaxdiv compile` (jax {jax.__version__}). SFT: full fine-tuning, batch "
-             f"{cfg.sft.batch_size} x {cfg.sft.max_length} tokens, remat={cfg.sft.remat}; LoRA comes with "
-             f"issue 17. Out = outputs not aliased to donated inputs; peak = args + out + temp + code.", "",
+    programs, settings = _variant(cfg)
+    variant = ": " + ", ".join(programs + settings) if programs or settings else ""
+    lines = [f"## {cfg.decoder.name} on {cfg.topology} ({results[0].devices} x {device_kind}){variant}", "",
+             f"Compiled {when} by `jaxdiv compile` (jax {jax.__version__}). SFT: {_fine_tuning(cfg.sft.lora)}"
+             f", batch {cfg.sft.batch_size} x {cfg.sft.max_length} tokens, remat={cfg.sft.remat}; "
+             f"classifier: {_fine_tuning(cfg.classifier.lora)}. Out = outputs not aliased to donated inputs; "
+             f"peak = args + out + temp + code.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     lines += [f"\n{r.name} does not fit: {verdict(r)}" for r in results if not r.fits]

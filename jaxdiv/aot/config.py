@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 from jaxdiv.configlib import ConfigError, param, section
+from jaxdiv.models.lora import LoRAConfig
 from jaxdiv.sharding import MeshConfig
 
 PROGRAMS = ("classifier", "sft", "prefill", "decode")
@@ -38,8 +39,8 @@ class DecoderShape:
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierProgram:
-    """The classifier train step (`jaxdiv.train.step`, AdamW, all layers) on an encoder of this shape
-    (default: all-MiniLM-L6-v2's)."""
+    """The classifier train step (`jaxdiv.train.step`, AdamW) on an encoder of this shape (default:
+    all-MiniLM-L6-v2's): every layer trains, or (lora.rank > 0) the adapters and the head."""
 
     vocab_size: int = param(30522, ge=1, help="encoder vocabulary")
     hidden_size: int = param(384, ge=1, help="encoder width")
@@ -52,12 +53,14 @@ class ClassifierProgram:
     compute_dtype: Literal["float32", "bfloat16"] = param("bfloat16", help="matmul dtype; params and "
                                                                          "optimizer state stay float32")
     mesh: MeshConfig = section(MeshConfig)
+    lora: LoRAConfig = section(LoRAConfig)  # as ModelConfig.lora
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTProgram:
-    """The decoder's full fine-tuning step (`jaxdiv.train.sft`'s loss, AdamW on every weight; f32
-    params and optimizer state). LoRA comes with issue 17."""
+    """The decoder's SFT step (`jaxdiv.train.sft`'s loss, AdamW; f32 trainable params and optimizer
+    state): full fine-tuning, or (lora.rank > 0) LoRA, where only the adapters train and hold
+    optimizer state, over a frozen base held in lora.base_dtype."""
 
     batch_size: int = param(64, ge=1, help="global sequences per step (divisible by the mesh's batch shards)")
     max_length: int = param(4096, ge=8, help="tokens per sequence")
@@ -66,6 +69,7 @@ class SFTProgram:
     remat: bool = param(True, help="recompute each layer's activations in the backward pass "
                                    "(LMModelConfig.remat): only layer inputs stay live")
     mesh: MeshConfig = section(MeshConfig)
+    lora: LoRAConfig = section(LoRAConfig)  # as LMModelConfig.lora
 
     def check(self) -> None:
         if self.batch_size % self.grad_accum:

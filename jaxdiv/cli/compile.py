@@ -12,10 +12,12 @@ def register(sub, formatter) -> None:
         "compile", formatter_class=formatter,
         help="compile the train, SFT and generation programs for a TPU topology ahead of time",
         description="Lower and compile, for a TPU topology described by libtpu (no TPU needed: the "
-                    "tpu extra), the classifier train step, the decoder's full SFT step (LoRA comes "
-                    "with issue 17) and the generator's prefill and decode, each with its config's "
-                    "mesh and logical-axis rules, from abstract sharded inputs. Prints per program "
-                    "the per-device argument, output and temporary bytes against the chip's HBM, "
+                    "tpu extra), the classifier train step, the decoder's SFT step (full fine-tuning, "
+                    "or LoRA: --set sft.lora.rank=16, optionally over a bfloat16 frozen base: --set "
+                    "sft.lora.base_dtype=bfloat16; classifier.lora likewise) and the generator's "
+                    "prefill and decode, each with its config's mesh and logical-axis rules, from "
+                    "abstract sharded inputs. Prints per program the per-device argument, output "
+                    "and temporary bytes against the chip's HBM, "
                     "XLA's FLOPs beside the analytic count, and the compile time; writes the table "
                     "to the config's report (docs/benchmarks/tpu_aot.md). Exits 1 when a program "
                     "does not fit.",

@@ -24,8 +24,10 @@ DESCRIPTION = (
     "pool with G_t, scores it, trains classifiers on it, and fine-tunes G_t on it into G_(t+1); writes "
     "generators/ (each G_t as an HF checkpoint), results.parquet/.csv (one row per chain x round x "
     "seed) and report/ with every metric across rounds.",
-    "Everything is cached by content hash: a re-run only re-reports, new grid values or rounds "
-    "compute only what is new, and a killed run resumes.",
+    "LoRA instead of full fine-tuning: --set train.model.lora.rank=8 (the classifiers), --set "
+    "sft.model.lora.rank=16 (the generator's SFT; each G_(t+1) is saved with its adapters merged).",
+    "Everything is cached by content hash, LoRA settings included: a re-run only re-reports, new "
+    "grid values or rounds compute only what is new, and a killed run resumes.",
 )
 
 

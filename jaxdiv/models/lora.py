@@ -86,9 +86,10 @@ class LoRALinear(nnx.Linear):
         return y + (update * self.scaling).astype(y.dtype)
 
     def merged_kernel(self) -> jax.Array:
-        """The base kernel with the update folded in: W + A @ B * scaling."""
+        """The base kernel with the update folded in: W + A @ B * scaling, in float32 whatever the
+        base is held in (an update is far below the resolution of a bf16 base: rounded, it would vanish)."""
         update = jnp.matmul(self.lora_a[...], self.lora_b[...], precision=jax.lax.Precision.HIGHEST)
-        return self.kernel[...] + (update * self.scaling).astype(self.kernel[...].dtype)
+        return self.kernel[...].astype(jnp.float32) + update * self.scaling
 
 
 _LORA_FIELDS = ("lora_a", "lora_b", "scaling", "dropout_rate", "dropout_key")

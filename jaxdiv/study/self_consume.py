@@ -6,15 +6,16 @@
         accuracy = classify(pool_t)          one classifier per seed (vmapped), real test split
         G_{t+1}  = SFT(G_t, pool_t)          its accepted (prompt, text) pairs; mix_real adds real
                                              training rows written as completions of the same prompts;
-                                             saved as an HF checkpoint dir (generators/)
+                                             saved as an HF checkpoint dir (generators/); with LoRA
+                                             (`--set sft.model.lora.rank=16`) the adapters merged in
 
 Every round plans the same prompts with the same row seeds, so its pools differ only by their
 generator. Round 0 is the same in every chain: its pool, scores and classifiers exist once.
 
 Every stage is cached under the workdir by a content hash of all it depends on: a generator's
-key chains its parent's key, the key of the pool it was fine-tuned on and the SFT settings; a
-pool's key is its generation settings and its generator's key (`jaxdiv.study.cache`, shared with
-the study). A killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished
+key chains its parent's key, the key of the pool it was fine-tuned on and the SFT settings (its
+LoRA section too, as a classifier's key holds `train.model.lora`); a pool's key is its
+generation settings and its generator's key (`jaxdiv.study.cache`, shared with the study). A killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished
 stages never again) and a finished run only rewrites the table and the report
 (`jaxdiv.report.self_consume`).
 
@@ -181,6 +182,7 @@ def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent
                           eval_rows: list[dict[str, Any]], workdir: Path) -> tuple[Generator, dict]:
     """G_{t+1} of a chain and its SFT record, fine-tuning only when it is not stored yet."""
     from jaxdiv.models.checkpoints import save_hf_checkpoint
+    from jaxdiv.models.lora import merge_lora
     from jaxdiv.train.sft import train_sft
 
     key = generator_key(cfg, chain, parent, pool)
@@ -192,7 +194,8 @@ def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent
         real = mixed_real_rows(cfg, task, chain, parent.round, pool)
         started = time.perf_counter()
         result = train_sft(sft_settings(cfg, parent), synthetic + real, eval_rows, run_dir, seed=cfg.seed)
-        save_hf_checkpoint(result["params"], result["architecture"], result["tokenizer"], directory)
+        # adapters (sft.model.lora) folded in: the next round and transformers read a plain checkpoint
+        save_hf_checkpoint(merge_lora(result["model"]), result["architecture"], result["tokenizer"], directory)
         record = {"steps": result["steps"], "train_loss": result["train"].get("loss", math.nan),
                   "heldout_real_loss": result["eval"]["loss"], "seconds": time.perf_counter() - started,
                   "synthetic_rows": len(synthetic), "real_rows": len(real), "parent": str(parent.path)}
@@ -212,6 +215,13 @@ def classifier_rows(cfg: SelfConsumeConfig, task: Task, chain: str, round_: int,
         rows += [{"text": r["response"], "label": r["label"]}
                  for r in mixed_real_rows(cfg, task, chain, round_, pool)]
     return rows
+
+
+def cell_key(cfg: SelfConsumeConfig, rows: list[dict[str, Any]], seed: int) -> str:
+    """A classifier's content hash: the task, the train section (its LoRA section too; logging
+    left out), its rows and seed."""
+    return content_key(content_key(cfg.task, dataclasses.replace(cfg.train, log=type(cfg.train.log)())),
+                       sorted((r["text"], r["label"]) for r in rows), seed)
 
 
 def train_round_classifiers(cfg: SelfConsumeConfig, task: Task, cells: dict[str, tuple[list, int]],
@@ -248,7 +258,6 @@ def run_self_consumption(cfg: SelfConsumeConfig, progress: bool = True) -> Path:
     generators = dict.fromkeys(chains, base_generator(cfg))
     records: list[dict[str, Any]] = []
     eval_rows: list[dict[str, Any]] = []
-    cell_base = content_key(cfg.task, dataclasses.replace(cfg.train, log=type(cfg.train.log)()))
     for round_ in tqdm(range(cfg.chains.rounds), desc="self-consumption rounds", unit="round", disable=not progress):
         pools = {chain: ensure_pool(cfg, generators[chain], workdir, progress) for chain in chains}
         reports, cells, row_cells = {}, {}, {}
@@ -259,7 +268,7 @@ def run_self_consumption(cfg: SelfConsumeConfig, progress: bool = True) -> Path:
                     bootstrap=cfg.score.bootstrap.samples, pool=pool.pool, progress=progress)
             rows = classifier_rows(cfg, task, chain, round_, pool)
             for seed in cfg.chains.seeds:
-                key = content_key(cell_base, sorted((r["text"], r["label"]) for r in rows), seed)
+                key = cell_key(cfg, rows, seed)
                 cells[key] = (rows, seed)
                 row_cells[chain, seed] = key
         results = train_round_classifiers(cfg, task, cells, workdir)

@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, runs: Sequence[RunSpec], eval_splits: Mapping[str, 
                 "num_rows": len(prepared.train[index]), "label_names": list(prepared.label_names), "eval": {}}
                for index, run in enumerate(runs)]
     flops = bert_train_flops(spec.config, spec.num_labels, optim.batch_size, cfg.model.max_length,
-                             cfg.model.frozen_layers)
+                             cfg.model.frozen_layers, lora=bool(cfg.model.lora.rank))
     fitted = fit(cfg, spec, [Run(rows, run.seed, params) for rows, run, params in zip(data, runs, initial)],
                  workdir, loss_fn=classifier_loss(spec), flops_per_step=flops,
                  evaluate_fn=evaluator(spec, prepared.evals, optim.eval_batch_size, results),

@@ -42,16 +42,19 @@ def bert_layers_flops(cfg: BertConfig, length: int, layers: int, *, cls_only: bo
 
 
 def bert_train_flops(cfg: BertConfig, num_labels: int, batch: int, length: int, frozen_layers: int = 0,
-                     *, cls_only: bool = True) -> float:
+                     *, cls_only: bool = True, lora: bool = False) -> float:
     """Matmul FLOPs of one classifier train step as executed: forward through everything,
     backward (2x the forward) through the trained layers, pooler and head only. `cls_only`:
     the last layer computes the [CLS] row only, as jaxdiv's classifier does (False: every row,
-    as `BertForSequenceClassification` does). Embedding gathers, softmax and norms are not
-    counted (they are a few percent)."""
+    as `BertForSequenceClassification` does). `lora`: the trained layers' weights are frozen
+    under adapters, so their backward is the input gradient alone (1x; the adapters' rank-r
+    matmuls are not counted). Embedding gathers, softmax and norms are not counted (they are
+    a few percent)."""
     layers, h = cfg.num_hidden_layers, cfg.hidden_size
     head = 2 * (h * h + h * num_labels)  # per example
     forward = bert_layers_flops(cfg, length, layers, cls_only=cls_only) + head
-    backward = 2 * (bert_layers_flops(cfg, length, layers - frozen_layers, cls_only=cls_only) + head)
+    backward = ((1 if lora else 2) * bert_layers_flops(cfg, length, layers - frozen_layers, cls_only=cls_only)
+                + 2 * head)
     return float(batch * (forward + backward))
 
 

@@ -174,20 +174,24 @@ def lm_loss(spec: ModelSpec):
     return loss_fn
 
 
-def llama_train_flops(cfg, batch: int, length: int, *, causal_once: bool = False) -> float:
+def llama_train_flops(cfg, batch: int, length: int, *, causal_once: bool = False, lora: bool = False) -> float:
     """Matmul FLOPs of one SFT step: 3x the forward (projections, attention, LM head). Attention
     counts every (query, key) pair as computed (causal_once: the causal half only, MaxText's
-    6·N·T + attention convention)."""
+    6·N·T + attention convention). `lora`: the weights are frozen under adapters, so their
+    backward is the input gradient alone, 4·N·T (the adapters' rank-r matmuls are not counted)."""
     from jaxdiv.models.llama import forward_flops
 
-    return 3.0 * forward_flops(cfg, batch, length, length / 2 if causal_once else length)
+    weights = forward_flops(cfg, batch, length, 0) if lora else 0.0  # the gradients they do not get
+    return 3.0 * forward_flops(cfg, batch, length, length / 2 if causal_once else length) - weights
 
 
 def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *, seed: int) -> dict[str, Any]:
     """Fine-tune with `seed` (init, data order, the held-out split) into `workdir`; returns
     {"steps", "eval": {"loss", "perplexity", "tokens"}, "train": last train metrics, "params":
-    final params (host), "architecture": the LlamaConfig, "tokenizer": the ChatTokenizer} (the last
-    three are what `checkpoints.save_hf_checkpoint` takes). Without rows, data.path's; without
+    final params (host), "model": the `Llama` holding them, "architecture": the LlamaConfig,
+    "tokenizer": the ChatTokenizer} (params or model, architecture and tokenizer are what
+    `checkpoints.save_hf_checkpoint` takes; with LoRA the params and model carry the adapters
+    unmerged: write `lora.merge_lora(result["model"])`). Without rows, data.path's; without
     eval_rows, data.eval_fraction of the rows is held out."""
     initialize(cfg.distributed)
     workdir = Path(workdir)
@@ -226,7 +230,7 @@ def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *,
         results["eval"] = {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
         writer.write(step, "eval/heldout", results["eval"])
 
-    flops = llama_train_flops(spec.config, cfg.optim.batch_size, cfg.model.max_length)
+    flops = llama_train_flops(spec.config, cfg.optim.batch_size, cfg.model.max_length, lora=bool(cfg.model.lora.rank))
     fitted = fit(cfg, spec, [Run(train, seed)], workdir, loss_fn=lm_loss(spec), flops_per_step=flops,
                  evaluate_fn=evaluate)
     results.update(steps=fitted.steps[0], train=fitted.train_metrics[0], resumed_from=fitted.resumed_from,
@@ -234,5 +238,5 @@ def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *,
     if jax.process_index() == 0:
         atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
     results["params"] = fitted.params(0)
-    results.update(architecture=spec.config, tokenizer=tokenizer)
+    results.update(model=spec.apply(results["params"]), architecture=spec.config, tokenizer=tokenizer)
     return results

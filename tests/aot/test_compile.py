@@ -1,5 +1,5 @@
 """`jaxdiv compile` for a real TPU topology (v5e:2x2, described by libtpu on this CPU host): a tiny
-shape fits, a grown one does not, and the exit status says so."""
+shape fits, full fine-tuning and LoRA, a grown one does not, and the exit status says so."""
 
 import importlib.util
 import subprocess
@@ -44,6 +44,18 @@ def test_tiny_programs_fit_v5e_2x2(tmp_path):
     # XLA's FLOPs of the SFT step against the analytic count (remat adds the recomputed forward)
     xla, analytic = float(rows["sft"][9]), float(rows["sft"][10])
     assert 1.0 <= xla / analytic < 2.0, (xla, analytic)
+
+
+def test_tiny_lora_sft_fits_v5e_2x2_in_its_own_report_section(tmp_path):
+    out = compile_cli(tmp_path, "--set", "programs=sft", "--set", "sft.lora.rank=8", "--set",
+                      "sft.lora.base_dtype=bfloat16")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = report_rows(tmp_path / "aot.md")
+    assert set(rows) == {"sft"} and rows["sft"][8] == "yes" and rows["sft"][2] == "1x2x2"
+    text = (tmp_path / "aot.md").read_text()
+    # its own section: a LoRA run never replaces the full fine-tuning rows of the same decoder and topology
+    assert "<!-- aot tiny v5e:2x2 sft sft.lora.rank=8 sft.lora.base_dtype=bfloat16 -->" in text
+    assert "SFT: LoRA rank 8 on every projection over a bfloat16 frozen base" in text
 
 
 def test_grown_program_does_not_fit(tmp_path):

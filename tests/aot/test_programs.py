@@ -1,6 +1,7 @@
 """What `jaxdiv compile` builds on, checked without libtpu: an abstract model describes the same
-params as a real one, per-layer remat leaves the SFT loss and gradients unchanged, and the
-analytic FLOPs follow the stated convention."""
+params as a real one, per-layer remat leaves the SFT loss and gradients unchanged, the analytic
+FLOPs follow the stated convention, and a LoRA program trains only the adapters (lowered here for
+the CPU devices; tests/aot/test_compile.py compiles it for a TPU topology)."""
 
 import dataclasses
 
@@ -53,3 +54,45 @@ def test_causal_flops_convention():
     attention_once = 6 * batch * length**2 * ARCH.num_heads * ARCH.head_dim * ARCH.num_layers
     assert llama_train_flops(ARCH, batch, length, causal_once=True) == pytest.approx(dense + attention_once)
     assert llama_train_flops(ARCH, batch, length) == pytest.approx(dense + 2 * attention_once)
+
+
+def test_lora_flops_match_xla_without_the_frozen_weights_gradients():
+    """Under LoRA the backward of the frozen weights is their input gradient alone: 4·N·T plus
+    attention, as XLA counts the compiled gradient (6·N·T would exceed it; rank-1 adapters: their
+    own matmuls are noise)."""
+    from jaxdiv.models import lora
+
+    arch = dataclasses.replace(ARCH, vocab_size=256, hidden_size=128, intermediate_size=512, num_layers=2,
+                               head_dim=32)
+    model = nnx.eval_shape(lambda: lora.apply_lora(llama.Llama(arch, rngs=nnx.Rngs(0)), lora.LoRAConfig(rank=1),
+                                                   rngs=nnx.Rngs(1)))
+    spec = spec_of(model, arch, lora.trainable(model))
+    batch = {k: jnp.ones((4, 32), jnp.int32) for k in ("input_ids", "attention_mask", "loss_mask")}
+    grad = jax.jit(jax.grad(lambda trainable, frozen: lm_loss(spec)({**trainable, **frozen}, batch, None)[0]))
+    cost = grad.lower(*spec.split(spec.initial)).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert 0.95 * xla <= llama_train_flops(arch, 4, 32, lora=True) <= xla  # XLA also counts elementwise work
+
+
+def test_lora_programs_train_only_the_adapters_over_a_frozen_base():
+    from pathlib import Path
+
+    from jaxdiv.aot.compile import _llama_config, classifier_program, sft_program
+    from jaxdiv.configlib import load_config
+    from jaxdiv.models import lora
+
+    tiny = Path(__file__).parents[2] / "configs/scale/tiny.py"
+    cfg = load_config(tiny, ["sft.lora.rank=4", "sft.lora.base_dtype=bfloat16", "classifier.lora.rank=4"])
+    step, (state, batch, constants), static, _, _, flops = sft_program(cfg, jax.devices())
+    adapters = {k: v for k, v in state["trainable"].items() if lora.is_adapter(k.split("/"))}
+    assert len(adapters) == len(state["trainable"]) == 2 * 7 * cfg.decoder.num_layers  # A and B of each projection
+    frozen = state["frozen"]
+    assert {k for k, v in frozen.items() if v.dtype == jnp.bfloat16} == {k for k, v in frozen.items() if v.ndim >= 2}
+    moments = [v for v in jax.tree.leaves(state["opt_state"]) if v.ndim > 1]
+    assert sum(v.size for v in moments) == 2 * sum(v.size for v in adapters.values())  # Adam's mu, nu
+    step.lower(state, batch, constants, **static)  # traces with the bf16 base
+    weights = llama.forward_flops(_llama_config(cfg), cfg.sft.batch_size, cfg.sft.max_length, 0)
+    assert flops == pytest.approx(sft_program(load_config(tiny), jax.devices())[5] - weights)
+
+    state = classifier_program(cfg, jax.devices())[1][0]
+    assert {k.split("/")[0] for k in state["trainable"] if not lora.is_adapter(k.split("/"))} == {"classifier"}

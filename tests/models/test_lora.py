@@ -109,6 +109,20 @@ def test_merge_equals_base_plus_adapter(smollm2_gguf, tmp_path):
     np.testing.assert_allclose(_forward(reloaded, batch), _forward(decoder, batch), atol=1e-5)
 
 
+def test_merge_keeps_an_update_below_a_bf16_bases_resolution():
+    """A base held in bf16 (lora.base_dtype) merges in float32: a small update is not rounded away."""
+    model = lora.apply_lora(_jax_base("llama"), lora.LoRAConfig(rank=RANK, alpha=ALPHA), rngs=nnx.Rngs(1))
+    for _, layer in lora.adapters(model):
+        layer.kernel.set_value(layer.kernel[...].astype(jnp.bfloat16))
+        layer.lora_b.set_value(jnp.full(layer.lora_b.shape, 1e-5))  # ~1e-5 updates; bf16 steps ~1e-4 at |W| ~ 0.02
+    merged = lora.merge_lora(model)
+    for path, layer in lora.adapters(model):
+        kernel, base = lora._node(merged, path).kernel[...], np.asarray(layer.kernel[...], np.float64)
+        update = np.asarray(layer.lora_a[...], np.float64) @ np.asarray(layer.lora_b[...], np.float64) * ALPHA / RANK
+        assert kernel.dtype == jnp.float32 and np.any(kernel != base.astype(np.float32))
+        np.testing.assert_allclose(kernel, base + update, rtol=0, atol=1e-7)
+
+
 def test_adapter_files_round_trip_and_bad_ones_raise(tmp_path):
     """save_peft_adapter -> load_peft_adapter on the same base gives the same model; options that
     change what the tensors mean, and tensors that fit no module, raise CheckpointError."""

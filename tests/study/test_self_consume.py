@@ -104,10 +104,67 @@ def test_cache_keys_chain_through_generators_and_ignore_places(tmp_path):
     assert sc.generator_key(cfg, "replace", other_parent, pool) != key
     assert sc.pool_key(cfg, other_parent) != pool.key
     assert sc.generator_key(apply_overrides(cfg, ["sft.optim.learning_rate=1e-3"]), "replace", g0, pool) != key
+    # LoRA is part of the SFT and classifier settings: another adapter config trains anew
+    rank = lambda r: sc.generator_key(apply_overrides(cfg, [f"sft.model.lora.rank={r}"]), "replace", g0, pool)
+    assert len({key, rank(8), rank(16)}) == 3 and rank(16) == rank(16)
+    rows = [{"text": "What is a shrew?", "label": 0}]
+    cell = sc.cell_key(cfg, rows, 0)
+    assert sc.cell_key(apply_overrides(moved, ["train.log.progress=false"]), rows, 0) == cell
+    assert sc.cell_key(apply_overrides(cfg, ["train.model.lora.rank=8"]), rows, 0) != cell
     mixed = sc.generator_key(cfg, "mix_real", g0, pool)
     assert sc.generator_key(apply_overrides(cfg, ["chains.real_fraction=0.25"]), "mix_real", g0, pool) != mixed
     assert sc.generator_key(apply_overrides(cfg, ["chains.real_fraction=0.25"]), "replace", g0, pool) == key
     assert sc.pool_key(apply_overrides(cfg, ["generate.sampling.temperature=0.3"]), g0) != pool.key
+
+
+def test_lora_generator_is_written_merged_and_reused(smollm2, trec_task, tmp_path, monkeypatch):
+    """`--set sft.model.lora.rank=4`: G_{t+1} is G_t's weights with the trained adapters folded in
+    (W + A·B·alpha/rank), a plain checkpoint that the next round loads; a rerun reuses it."""
+    from flax import nnx
+
+    from jaxdiv.models import checkpoints, llama
+    from jaxdiv.train import sft
+
+    # G_t: a 2-layer random decoder with SmolLM2's tokenizer, stored as a round stores its generator
+    _, tokenizer = smollm2
+    arch = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=48, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=8, eos_token_ids=tokenizer.eos_token_ids,
+                             pad_token_id=tokenizer.pad_token_id)
+    base = llama.Llama(arch, rngs=nnx.Rngs(0))
+    parent = sc.Generator(0, "tiny-parent", checkpoints.save_hf_checkpoint(base, arch, tokenizer, tmp_path / "G0"))
+    cfg = apply_overrides(SelfConsumeConfig(), [
+        f"workdir={tmp_path}", "sft.model.lora.rank=4", "sft.model.lora.alpha=8", "sft.model.max_length=64",
+        "sft.optim.steps=2", "sft.optim.batch_size=8", "sft.optim.learning_rate=1e-2",
+        "sft.optim.warmup_fraction=0", "sft.optim.eval_batch_size=8", "sft.log.progress=false",
+        "sft.log.tensorboard=false"])
+    questions = trec_task.splits["train"].select(range(8))["text"]
+    pool = sc.RoundPool("tiny-pool", None, [{"prompt": "Write a question.", "text": q} for q in questions],
+                        float("nan"))
+    eval_rows = [{"prompt": "Write a question.", "response": q} for q in questions[:4]]
+    train_sft, results = sft.train_sft, []
+    monkeypatch.setattr(sft, "train_sft", lambda *args, **kwargs: results.append(train_sft(*args, **kwargs))
+                        or results[-1])
+
+    child, _ = sc.ensure_next_generator(cfg, trec_task, "replace", parent, pool, eval_rows, tmp_path)
+    (trained,) = results
+    params = trained["params"]
+    flat = lambda model: {"/".join(map(str, path)): np.asarray(v.get_value())
+                          for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    merged, parent_weights = flat(checkpoints.load_pretrained(child.path)[0]), flat(base)
+    adapted = {key.removesuffix("lora_a") + "kernel" for key in params if key.endswith("/lora_a")}
+    assert len(adapted) == 7 * 2 and merged.keys() == parent_weights.keys()  # every projection; no adapter left
+    for key, value in merged.items():
+        np.testing.assert_array_equal(params[key], parent_weights[key], err_msg=key)  # the base stayed frozen
+        expected = params[key]
+        if key in adapted:
+            lora_a, lora_b = (params[key.removesuffix("kernel") + name].astype(np.float64)
+                              for name in ("lora_a", "lora_b"))
+            assert np.any(lora_b != 0), key  # trained: the merge has something to fold in
+            expected = params[key] + lora_a @ lora_b * (8 / 4)
+        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-6, err_msg=key)
+    # the same config finds G_{t+1} stored: no second fine-tune
+    assert sc.ensure_next_generator(cfg, trec_task, "replace", parent, pool, eval_rows, tmp_path)[0] == child
+    assert len(results) == 1
 
 
 def test_run_dispatches_on_the_config_type(tmp_path, capsys):

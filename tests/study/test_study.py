@@ -184,6 +184,13 @@ def test_pool_extension_and_real_only_planning():
         (b, s, k) for b in (4, 8, None) for s in (0, 1) for k in (0, 1, 2)}
 
 
+def test_classifier_lora_is_in_the_cell_keys():
+    keys = lambda *overrides: [p.key for p in plan_cells(load_config(DEMO, list(overrides)), [])]
+    full, lora = keys(), keys("train.model.lora.rank=8")
+    assert keys() == full and keys("train.model.lora.rank=8") == lora  # an unchanged config finds its cells
+    assert not set(full) & set(lora) and not set(lora) & set(keys("train.model.lora.rank=16"))
+
+
 def test_rerun_is_cached_and_a_changed_parameter_recomputes_only_what_depends_on_it(study, tmp_path, topics_file):
     cfg, workdir, _ = study
     before = snapshot(workdir)

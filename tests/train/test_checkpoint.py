@@ -1,5 +1,6 @@
-"""Orbax checkpoints: SIGKILL then resume is bitwise identical; damaged or partial checkpoints
-fall back to the previous good one with a warning; a checkpoint restores onto another mesh."""
+"""Orbax checkpoints: SIGKILL then resume is bitwise identical (full fine-tuning and LoRA);
+damaged or partial checkpoints fall back to the previous good one with a warning; a checkpoint
+restores onto another mesh."""
 
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -26,10 +28,10 @@ OVERRIDES = TINY + [f"optim.steps={STEPS}", "checkpoint.every=10", "checkpoint.k
                     "task.name=trec"]
 
 
-def _command(workdir):
+def _command(workdir, overrides):
     args = [sys.executable, "-m", "jaxdiv", "train", "--config", str(ROOT / "configs/train_trec.py"),
             "--workdir", str(workdir)]
-    for item in OVERRIDES:
+    for item in overrides:
         args += ["--set", item]
     return args
 
@@ -46,11 +48,9 @@ def _params(state):
     return {**{k: v[0] for k, v in to_host(state["trainable"]).items()}, **to_host(state["frozen"])}
 
 
-@pytest.fixture(scope="module")
-def reference_run(trec_task, tmp_path_factory):
+def _uninterrupted(trec_task, workdir, overrides):
     """The uninterrupted run, in this process."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    cfg = load_config(ROOT / "configs/train_trec.py", OVERRIDES)
+    cfg = load_config(ROOT / "configs/train_trec.py", overrides)
     splits = trec_task.splits
     result = train_classifier(stage_part(cfg, TrainConfig), splits["train"],
                               {"validation": splits["validation"], "test": splits["test"]}, workdir, seed=cfg.seed,
@@ -58,10 +58,18 @@ def reference_run(trec_task, tmp_path_factory):
     return cfg, workdir, result
 
 
-def test_sigkill_then_resume_is_bitwise_identical(reference_run, trec_task, tmp_path, compilation_cache):
-    cfg, _, reference = reference_run
+@pytest.fixture(scope="module")
+def reference_run(trec_task, tmp_path_factory):
+    return _uninterrupted(trec_task, tmp_path_factory.mktemp("uninterrupted"), OVERRIDES)
+
+
+# LoRA: the frozen base (held in bf16) is restored, not trained, and the adapters and head resume bitwise too
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_sigkill_then_resume_is_bitwise_identical(lora, reference_run, trec_task, tmp_path, compilation_cache):
+    overrides = OVERRIDES + ["model.lora.rank=4", "model.lora.base_dtype=bfloat16"] * lora
+    cfg, _, reference = _uninterrupted(trec_task, tmp_path / "uninterrupted", overrides) if lora else reference_run
     env = subprocess_env(compilation_cache)
-    process = subprocess.Popen(_command(tmp_path), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_command(tmp_path, overrides), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     checkpoints = tmp_path / "checkpoints"
     deadline = time.time() + 240
@@ -76,11 +84,14 @@ def test_sigkill_then_resume_is_bitwise_identical(reference_run, trec_task, tmp_
     killed_at = max(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
     assert 40 <= killed_at < STEPS
 
-    resumed = subprocess.run(_command(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_command(tmp_path, overrides), cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state, meta = _restore(tmp_path, cfg, len(trec_task.label_names), cfg.mesh)
     assert meta["step"] == STEPS and meta["examples_seen"] == STEPS * cfg.optim.batch_size
     params = _params(state)
+    assert lora == any(key.endswith("/lora_b") for key in reference["params"])
+    assert lora == any(value.dtype == jnp.bfloat16 for value in params.values())
     for key, value in reference["params"].items():
         assert np.array_equal(params[key], value), key  # bitwise
     assert (tmp_path / "results.json").read_text() != ""
