@@ -7,14 +7,22 @@
    Reports examples/s, achieved GFLOP/s (analytic count) and its share of the matmul rate.
 3. The vmapped ablation engine: R small runs (frozen encoder, head plus top layer trained)
    as one program vs the same R runs one after another with `train_classifier`, wall time.
+   Section `lora_runs`: the same with rank-8 LoRA adapters on a frozen MiniLM instead.
+4. Section `sft`: SmolLM2-135M SFT (`train_sft`, seq 256, batch 8) with every weight trained
+   beside LoRA (rank 16 on every linear layer; f32 and bf16 base), each in a fresh process:
+   peak process memory (VmHWM) and steps/s.
 
     python scripts/bench_train.py [--steps 8] [--runs 8] [--skip-torch] [--dtypes float32,bfloat16]
+    python scripts/bench_train.py --sections sft,lora_runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -98,13 +106,17 @@ def torch_step(minilm_dir, host, num_labels: int, steps: int, dtype: str = "floa
     return median_time(run, steps)
 
 
-def ablation_runs(task, runs: int, rows_per_run: int):
+# what the ablation runs train: the top layer and head, or rank-8 adapters and the head
+ABLATIONS = {"runs": ["model.frozen_layers=5"], "lora_runs": ["model.lora.rank=8"]}
+
+
+def ablation_runs(task, runs: int, rows_per_run: int, trained: list[str]):
     from jaxdiv.configlib import apply_overrides
     from jaxdiv.train.config import TrainConfig
     from jaxdiv.train.classifier import RunSpec, train_classifier, train_classifier_runs
 
-    cfg = apply_overrides(TrainConfig(), [
-        "model.frozen_layers=5", "model.max_length=32", "optim.batch_size=16", "optim.epochs=1",
+    cfg = apply_overrides(TrainConfig(), trained + [
+        "model.max_length=32", "optim.batch_size=16", "optim.epochs=1",
         "optim.learning_rate=1e-3", "log.progress=false", "log.tensorboard=false", "checkpoint.every=0",
         "mesh.data=-1"])
     train = task.splits["train"]
@@ -133,8 +145,15 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes of the step section "
                         "(bfloat16: bf16 matmuls, f32 params, on both sides)")
     parser.add_argument("--sections", default="step,runs", help="comma-separated: step (jaxdiv vs PyTorch), "
-                                                                "runs (vmapped vs sequential)")
+                        "runs and lora_runs (vmapped vs sequential), sft (full fine-tuning vs LoRA)")
+    parser.add_argument("--sft-steps", type=int, default=5, help="sft: steps per process (the first, "
+                        "which compiles, is not timed)")
+    parser.add_argument("--sft-remat", action="store_true", help="sft: recompute each layer's activations "
+                        "in the backward pass (model.remat), in every mode")
+    parser.add_argument("--sft-child", help=argparse.SUPPRESS)  # one sft measurement, in this process
     args = parser.parse_args()
+    if args.sft_child:
+        return print(json.dumps(sft_child(args.sft_child, args.sft_steps, args.sft_remat)))
 
     from jaxdiv.data.tasks import TaskConfig, load_task
 
@@ -146,8 +165,11 @@ def main() -> None:
     sections = set(args.sections.split(","))
     if "step" in sections:
         step_table(args, task, peak)
-    if "runs" in sections:
-        runs_table(args, task)
+    for section in ABLATIONS:
+        if section in sections:
+            runs_table(args, task, section)
+    if "sft" in sections:
+        sft_table(args)
 
 
 def step_table(args, task, peak: float) -> None:
@@ -177,13 +199,61 @@ def step_table(args, task, peak: float) -> None:
             print(f"jaxdiv / PyTorch examples/s, {dtype}: {rows[1][1] / rows[0][1]:.2f}x")
 
 
-def runs_table(args, task) -> None:
-    vmapped, sequential = ablation_runs(task, args.runs, args.rows_per_run)
-    print(f"\nAblation engine: {args.runs} runs x {args.rows_per_run} rows (frozen encoder, top layer + "
-          f"head trained, batch 16, seq 32), wall time incl. load, compile, eval")
+def runs_table(args, task, section: str) -> None:
+    vmapped, sequential = ablation_runs(task, args.runs, args.rows_per_run, ABLATIONS[section])
+    trained = {"runs": "top layer + head", "lora_runs": "rank-8 LoRA adapters + head"}[section]
+    print(f"\nAblation engine: {args.runs} runs x {args.rows_per_run} rows (frozen encoder, {trained} "
+          f"trained, batch 16, seq 32), wall time incl. load, compile, eval")
     print(f"{'vmapped, one program':<40} {vmapped:8.1f} s")
     print(f"{'sequential train_classifier calls':<40} {sequential:8.1f} s")
     print(f"speed-up: {sequential / vmapped:.2f}x")
+
+
+
+# what each sft process trains: every weight, or rank-16 adapters on every linear layer
+SFT_MODES = {"full fine-tuning": [],
+             "LoRA r16, f32 base": ["model.lora.rank=16"],
+             "LoRA r16, bf16 base": ["model.lora.rank=16", "model.lora.base_dtype=bfloat16"]}
+
+
+def sft_child(mode: str, steps: int, remat: bool) -> dict[str, float]:
+    """One SmolLM2-135M SFT of `steps` steps (seq 256, batch 8, TREC questions -> their labels):
+    this process's peak memory and the median steps/s after the first (compiling) step."""
+    from pathlib import Path
+
+    from jaxdiv.configlib import apply_overrides
+    from jaxdiv.data.tasks import TaskConfig, load_task
+    from jaxdiv.train.config import SFTConfig
+    from jaxdiv.train.sft import train_sft
+
+    task = load_task(TaskConfig(name="trec"))
+    rows = [{"prompt": row["text"], "response": task.label_names[row["label"]]}
+            for row in task.splits["train"].select(range(64))]
+    cfg = apply_overrides(SFTConfig(), SFT_MODES[mode] + [
+        "model.max_length=256", "optim.batch_size=8", f"optim.steps={steps}", "data.eval_fraction=0",
+        "log.every=1", "log.tensorboard=false", "log.progress=false", "checkpoint.every=0",
+        f"model.remat={str(remat).lower()}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        train_sft(cfg, rows, None, tmp, seed=0)
+        lines = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    rates = [line["steps_per_s"] for line in lines if "steps_per_s" in line][1:]
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {"peak_bytes": int(status["VmHWM"].split()[0]) * 1024, "steps_per_s": statistics.median(rates)}
+
+
+def sft_table(args) -> None:
+    results = {}
+    for mode in SFT_MODES:
+        out = subprocess.run([sys.executable, __file__, "--sft-child", mode, "--sft-steps", str(args.sft_steps)]
+                             + ["--sft-remat"] * args.sft_remat, check=True, capture_output=True, text=True).stdout
+        results[mode] = json.loads(out.strip().splitlines()[-1])
+    full = results["full fine-tuning"]
+    print(f"\nSmolLM2-135M SFT, seq 256, batch 8, f32 compute, remat {'on' if args.sft_remat else 'off'}, "
+          f"{args.sft_steps - 1} timed steps, one fresh process each (peak: VmHWM, the whole process)")
+    print(f"{'mode':<24} {'peak GB':>8} {'of full':>8} {'steps/s':>8} {'vs full':>8}")
+    for mode, result in results.items():
+        print(f"{mode:<24} {result['peak_bytes'] / 1e9:8.2f} {result['peak_bytes'] / full['peak_bytes']:8.0%} "
+              f"{result['steps_per_s']:8.3f} {result['steps_per_s'] / full['steps_per_s']:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,9 @@ def with_dropout(model: nnx.Module, key: jax.Array | None) -> nnx.Module:
     own dropout splits it), so the model's other dropout draws stay what they were without LoRA."""
     if key is not None:
         for index, (_, layer) in enumerate(adapters(model)):
-            layer.dropout_key = jax.random.fold_in(key, index)
+            # data, not a static attribute: the key is part of the layer's state (a decoder under
+            # remat scans its layers' stacked states)
+            layer.dropout_key = nnx.data(jax.random.fold_in(key, index))
     return model
 
 
