@@ -16,7 +16,8 @@ def register(sub, formatter) -> None:
                     "(SFTJobConfig, e.g. configs/sft_smollm2.py): fine-tune a Llama-family LM on "
                     "(prompt, response) rows (--train-rows or data.path), loss on response tokens. "
                     "Writes config.json, metrics.jsonl, tb/, checkpoints/ and results.json to the "
-                    "workdir; rerunning in the same workdir resumes from the latest good checkpoint "
+                    "workdir (SFT also model/, the fine-tuned HF checkpoint with any LoRA adapters "
+                    "merged in, and with LoRA adapter/, the HF PEFT adapter); rerunning in the same workdir resumes from the latest good checkpoint "
                     "(a damaged one is skipped with a warning and replaced). A resume refuses a "
                     "changed config, naming the keys, except the bookkeeping keys listed under "
                     "checkpoint.resume, which it applies and records in config.json.",
@@ -40,12 +41,17 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     initialize(cfg.distributed)  # before anything touches the backend
     if isinstance(cfg, SFTJobConfig):
-        from jaxdiv.train.sft import train_sft
+        import jax
+
+        from jaxdiv.train.sft import export_model, train_sft
 
         result = train_sft(stage_part(cfg, SFTConfig), args.train_rows, None, args.workdir or cfg.workdir,
                            seed=cfg.seed)
         print("heldout: " + "  ".join(f"{k}={v:.4f}" for k, v in result.get("eval", {}).items()))
         print(f"results: {result['workdir']}/results.json")
+        if jax.process_index() == 0:
+            for path in export_model(result, result["workdir"], cfg.model.checkpoint):
+                print(f"saved: {path}")
         return 0
 
     from jaxdiv.data.tasks import load_task

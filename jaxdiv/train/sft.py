@@ -240,3 +240,17 @@ def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *,
     results["params"] = fitted.params(0)
     results.update(model=spec.apply(results["params"]), architecture=spec.config, tokenizer=tokenizer)
     return results
+
+
+def export_model(result: dict[str, Any], directory: str | Path, base: str) -> list[Path]:
+    """Write a trained decoder (`train_sft`'s result) for other tools: <directory>/model, an HF
+    checkpoint that `load_pretrained` and transformers read (adapters merged in), and with LoRA
+    also <directory>/adapter, the PEFT adapter of base checkpoint `base`."""
+    from jaxdiv.models import checkpoints, peft
+
+    directory, model = Path(directory), result["model"]
+    written = [checkpoints.save_hf_checkpoint(lora.merge_lora(model), result["architecture"], result["tokenizer"],
+                                              directory / "model")]
+    if list(lora.adapters(model)):
+        written.append(peft.save_peft_adapter(directory / "adapter", model, base_model_name_or_path=base))
+    return written

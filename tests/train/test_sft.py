@@ -104,3 +104,32 @@ def test_frozen_layers_train_only_the_top_of_the_decoder(tiny_lm):
     frozen = {k for k in spec.initial if not trainable(_path(k))}
     assert frozen == {"embed_tokens/embedding"} | {k for k in spec.initial if k.startswith("layers/0/")}
     assert trainable(_path("norm/scale")) and trainable(_path("layers/1/mlp/up_proj/kernel"))
+
+
+def test_jaxdiv_train_sft_with_lora_writes_the_merged_model_and_the_peft_adapter(pairs, smollm2_gguf, tmp_path):
+    """`jaxdiv train` of an SFT config with LoRA: model/ (adapters merged in) and adapter/ (PEFT)
+    both give back the trained model's logits."""
+    from flax import nnx
+
+    from jaxdiv.cli import main
+    from jaxdiv.models import checkpoints, lora, peft
+
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(json.dumps(p) + "\n" for p in pairs[:16]))
+    overrides = TINY_LM + [f"model.checkpoint={smollm2_gguf}", "model.lora.rank=4", "optim.steps=3",
+                           "data.eval_fraction=0", "optim.learning_rate=3e-2"]
+    argv = ["train", "--config", "configs/sft_smollm2.py", "--train-rows", str(rows),
+            "--workdir", str(tmp_path / "run")] + [a for o in overrides for a in ("--set", o)]
+    assert main(argv) == 0
+    cfg = apply_overrides(SFTConfig(), overrides)
+    spec, tokenizer = build_lm(cfg.model, 0)
+    trained = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert trained["steps"] == 3
+    ids = np.asarray([tokenizer.encode(pairs[0]["prompt"])])
+    merged, _ = checkpoints.load_pretrained(tmp_path / "run" / "model")
+    base = spec.apply(spec.initial)  # the run's own init (seed 0): the adapters start as the identity
+    for path, layer in lora.adapters(base):
+        assert not np.any(np.asarray(layer.lora_b[...]))
+    adapted = peft.load_peft_adapter(tmp_path / "run" / "adapter", lora.merge_lora(base), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(merged(ids), adapted(ids), atol=1e-5)
+    assert not np.allclose(merged(ids), base(ids), atol=1e-3)  # training moved the adapters
