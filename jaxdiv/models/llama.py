@@ -283,17 +283,21 @@ class Llama(nnx.Module):
                               preferred_element_type=jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
-    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None) -> jax.Array:
-        """Logits (B, T, vocab) for a full sequence, causal. attention_mask (B, T) marks real
-        tokens (padding may be on either side); positions default to the count of real tokens
-        before each one."""
+    def sequence_hidden(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
+                        positions: jax.Array | None = None) -> jax.Array:
+        """Final-normed hidden states (B, T, hidden) of a full sequence, causal. attention_mask
+        (B, T) marks real tokens (padding may be on either side); positions default to the count
+        of real tokens before each one."""
         if attention_mask is None:
             attention_mask = jnp.ones(tokens.shape, bool)
         if positions is None:
             positions = positions_from_mask(attention_mask)
-        hidden, _ = self.hidden_states(tokens, positions, attention_mask.astype(bool))
-        return self.logits(hidden)
+        return self.hidden_states(tokens, positions, attention_mask.astype(bool))[0]
+
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Logits (B, T, vocab) of a full sequence (see `sequence_hidden`)."""
+        return self.logits(self.sequence_hidden(tokens, attention_mask, positions))
 
 
 def forward_flops(cfg: LlamaConfig, batch: int, queries: int, keys: float) -> float:

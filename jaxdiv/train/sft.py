@@ -156,14 +156,36 @@ def _decoder(cfg: LMModelConfig, seed: int):
     return llama.Llama(arch, rngs=nnx.Rngs(seed), dtype=dtype, remat=cfg.remat), tokenizer
 
 
+# positions whose logits exist at once in the loss: (B, 64, vocab) rather than (B, T, vocab),
+# SmolLM2's 49152-token vocabulary at T = 256 being ~400 MB a copy per 8 rows
+LOSS_CHUNK = 64
+
+
 def _token_losses(spec: ModelSpec, params, batch, dropout_key=None) -> tuple[jax.Array, jax.Array]:
     """Per-example summed cross-entropy over response targets, and their counts (`dropout_key`:
-    LoRA dropout while training; the decoder itself has none)."""
-    logits = lora.with_dropout(spec.apply(params), dropout_key)(batch["input_ids"], batch["attention_mask"])
+    LoRA dropout while training; the decoder itself has none). The LM head and softmax run over
+    LOSS_CHUNK positions at a time, in a rematerialised scan, so the backward pass never holds
+    the whole sequence's logits."""
+    model = lora.with_dropout(spec.apply(params), dropout_key)
+    hidden = model.sequence_hidden(batch["input_ids"], batch["attention_mask"])[:, :-1]
     targets = batch["input_ids"][:, 1:]
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
-    return jnp.sum(ce * weights, axis=1), jnp.sum(weights, axis=1)
+    rows, positions = targets.shape
+    count = -(-positions // LOSS_CHUNK)
+    size = -(-positions // count)  # equal chunks of at most LOSS_CHUNK; padding has weight 0
+
+    def chunks(x):  # (B, T, ...) -> (count, B, size, ...)
+        x = jnp.pad(x, [(0, 0), (0, count * size - positions)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape((rows, count, size) + x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def add_chunk(total, chunk):
+        chunk_hidden, chunk_targets, chunk_weights = chunk
+        ce = optax.softmax_cross_entropy_with_integer_labels(model.logits(chunk_hidden), chunk_targets)
+        return total + jnp.sum(ce * chunk_weights, axis=1), None
+
+    total, _ = jax.lax.scan(add_chunk, jnp.zeros(rows, jnp.float32), (chunks(hidden), chunks(targets), chunks(weights)))
+    return total, jnp.sum(weights, axis=1)
 
 
 def lm_loss(spec: ModelSpec):
