@@ -265,12 +265,17 @@ def ablation_rows(sizes: dict) -> list[Row]:
     from jaxdiv.data.tasks import TaskConfig, load_task
 
     task = load_task(TaskConfig(name="trec"))
-    vmapped, sequential = bench_train.ablation_runs(task, sizes["runs"], sizes["rows_per_run"])
-    print(f"ablation: vmapped {vmapped:.1f} s, sequential {sequential:.1f} s", flush=True)
-    return [Row("vmapped ablation engine", f"R = {sizes['runs']} runs × {sizes['rows_per_run']} rows, frozen "
-                "encoder + top layer, incl. load/compile/eval", "the same runs one after another",
-                f"{vmapped:.1f} s", f"{sequential:.1f} s", sequential / vmapped, None,
-                *(("≥ 3× at R = 8", sequential >= 3 * vmapped) if sizes["runs"] == 8 else ()))]
+    rows = []
+    for section, (name, trained) in {"runs": ("vmapped ablation engine", "top layer"),
+                                     "lora_runs": ("vmapped LoRA ablation", "rank-8 LoRA adapters")}.items():
+        vmapped, sequential = bench_train.ablation_runs(task, sizes["runs"], sizes["rows_per_run"],
+                                                        bench_train.ABLATIONS[section])
+        print(f"{name}: vmapped {vmapped:.1f} s, sequential {sequential:.1f} s", flush=True)
+        rows.append(Row(name, f"R = {sizes['runs']} runs × {sizes['rows_per_run']} rows, frozen encoder + "
+                        f"{trained}, incl. load/compile/eval", "the same runs one after another",
+                        f"{vmapped:.1f} s", f"{sequential:.1f} s", sequential / vmapped, None,
+                        *(("≥ 3× at R = 8", sequential >= 3 * vmapped) if sizes["runs"] == 8 else ())))
+    return rows
 
 
 def demo_rows(sizes: dict, workdir: Path) -> list[Row]:
