@@ -17,7 +17,8 @@ class SamplingConfig:
 
     temperature: float = param(0.8, ge=0.0, help="softmax temperature; 0 = greedy (argmax)")
     top_p: float = param(0.95, gt=0.0, le=1.0, help="nucleus sampling: keep the smallest set of "
-                         "tokens whose probability reaches top_p (1 = off)")
+                         "tokens whose probability reaches top_p (1 = off); the JAX sampler looks "
+                         "among the 256 most likely tokens (exact with JAXDIV_CPU_FAST_PATHS=1)")
     top_k: int = param(0, ge=0, help="keep only the k most likely tokens (0 = off)")
     min_p: float = param(0.0, ge=0.0, lt=1.0, help="drop tokens less likely than min_p x the top "
                          "token's probability (0 = off)")
