@@ -88,7 +88,7 @@ def candidate_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array
     than three decode steps (`jaxdiv.models.fast_paths`). Top-p's mass is measured against the
     whole vocabulary. Third output, per row: whether the candidates hold every token the
     filters keep (top-k with k <= C, or a nucleus that closes within them). Where they do not
-    (a flat distribution's nucleus, top_k > C), `sample_tokens` draws over `filter_logits`.
+    (a flat distribution's nucleus, top_k > C), a draw among them drops the tail beyond.
     Per-row temperature, top_p and min_p; top_k and whether any row uses top-p are static.
     """
     scale = 1.0 / jnp.where(temperature > 0, temperature, 1.0)[:, None]
@@ -112,88 +112,32 @@ def candidate_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array
     return jnp.where(keep, values, neg_inf), ids, exact | (temperature <= 0)
 
 
-def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,
-                  *, top_k: int, use_top_p: bool) -> jax.Array:
-    """Temperature-scaled logits (B, V) with the tokens outside top-k / top-p / min-p at the
-    dtype's lowest value, over the whole vocabulary. Rows with temperature 0 are left for the
-    caller's argmax."""
-    logits = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-    neg_inf = jnp.finfo(logits.dtype).min
-    if top_k:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, neg_inf, logits)
-    if use_top_p:
-        logits = jnp.where(nucleus_mask(jax.nn.softmax(logits, axis=-1), top_p), logits, neg_inf)
-    probs = jax.nn.softmax(logits, axis=-1)
-    floor = min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
-    return jnp.where(probs < floor, neg_inf, logits)
-
-
-def nucleus_mask(probs: jax.Array, top_p: jax.Array, candidates: int = CANDIDATES,
-                 iterations: int = 32) -> jax.Array:
-    """(B, V) bool: the top-p nucleus, i.e. the most likely tokens up to and including the one
-    whose cumulative mass first reaches top_p, without sorting the vocabulary.
-
-    The nucleus is sought among the `candidates` most likely tokens (`lax.top_k`). Rows whose
-    nucleus is larger fall back to a bisection for tau = max{t : mass(p >= t) >= top_p} over
-    the whole vocabulary; both are exact (up to ties closer than max_prob / 2**iterations).
-    """
-    top = jax.lax.top_k(probs, min(candidates, probs.shape[-1]))[0]
-    reached = jnp.cumsum(top, axis=-1) >= top_p[:, None]
-    threshold = jnp.take_along_axis(top, jnp.argmax(reached, axis=-1)[:, None], axis=-1)[:, 0]
-    covered = reached[:, -1]
-
-    def bisected():
-        def mass(t):
-            return jnp.sum(jnp.where(probs >= t[:, None], probs, 0.0), axis=-1)
-
-        def step(_, bounds):
-            low, high = bounds
-            mid = 0.5 * (low + high)
-            enough = mass(mid) >= top_p
-            return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
-
-        high = jnp.max(probs, axis=-1) * (1 + 1e-6) + 1e-30  # mass(high) = 0 < top_p
-        low, _ = jax.lax.fori_loop(0, iterations, step, (jnp.zeros_like(high), high))
-        return jnp.where(covered, threshold, low)
-
-    threshold = jax.lax.cond(jnp.all(covered), lambda: threshold, bisected)
-    return probs >= threshold[:, None]
-
-
 def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool,
                   candidates: int = CANDIDATES):
     """One token per row (B,): the argmax where temperature == 0, else a draw with the row's own
     key (`jax.random.categorical`), so a row's token never depends on the rest of the batch.
-    With top-p or top-k the draw is among the row's `candidate_filter` tokens where they hold
-    its whole kept set, else (and without top-p or top-k) over the whole vocabulary at
-    temperature, the filters applied (`filter_logits`): exact either way. `JAXDIV_CPU_FAST_PATHS=1`:
-    `jaxdiv.models.fast_paths.sample_tokens`, the same draws with fewer rows filtered whole."""
+    With top-p or top-k the draw is among the row's `candidate_filter` tokens, else over the
+    whole vocabulary at temperature, min-p applied. `JAXDIV_CPU_FAST_PATHS=1`: the exact
+    sampler of `jaxdiv.models.fast_paths`."""
     filtered = lambda: candidate_filter(logits, temperature, top_p, min_p, top_k=top_k,
                                         use_top_p=use_top_p, candidates=candidates)
-    whole_vocabulary = lambda *rows: filter_logits(*rows, top_k=top_k, use_top_p=use_top_p)
     if fast_paths.enabled():
         return fast_paths.sample_tokens(logits, keys, temperature, top_p, min_p, top_k=top_k,
-                                        use_top_p=use_top_p, candidates=filtered,
-                                        whole_vocabulary=whole_vocabulary)
+                                        use_top_p=use_top_p, candidates=filtered)
 
     def draw():
         if not (use_top_p or top_k):  # temperature and min-p alone: the whole vocabulary
-            drawn = jax.vmap(jax.random.categorical)(keys, whole_vocabulary(logits, temperature, top_p, min_p))
+            values = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+            floor = jnp.max(values, axis=-1, keepdims=True) + jnp.log(min_p)[:, None]
+            drawn = jax.vmap(jax.random.categorical)(keys, jnp.where(values >= floor, values, -jnp.inf))
             return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1))
-        values, ids, exact = filtered()
+        values, ids, _ = filtered()
         # A greedy row keeps its first candidate alone (the argmax). Reading it as ids[:, 0]
         # instead made XLA:CPU sort the whole vocabulary rather than run its top-k.
         first = jnp.arange(values.shape[-1]) == 0
         values = jnp.where((temperature > 0)[:, None] | first, values, -jnp.inf)
         drawn = jax.vmap(jax.random.categorical)(keys, values)
-        among = jnp.take_along_axis(ids, drawn[:, None], axis=-1)[:, 0]
-
-        def with_whole_vocabulary():  # greedy rows are exact: they keep their argmax
-            whole = jax.vmap(jax.random.categorical)(keys, whole_vocabulary(logits, temperature, top_p, min_p))
-            return jnp.where(exact, among, whole)
-
-        return jax.lax.cond(jnp.all(exact), lambda: among, with_whole_vocabulary)
+        return jnp.take_along_axis(ids, drawn[:, None], axis=-1)[:, 0]
 
     greedy = lambda: jnp.argmax(logits, axis=-1)
     return jax.lax.cond(jnp.any(temperature > 0), draw, greedy).astype(jnp.int32)

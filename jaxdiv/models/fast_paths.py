@@ -2,8 +2,8 @@
 
 Switch: `JAXDIV_CPU_FAST_PATHS=1` in the environment (read by `enabled()`, here only) makes
 the models and the sampler run these instead of their plain JAX forms. With it on, the code
-is the one every committed experiment was generated with, bit for bit; the plain forms compute
-the same functions (the same samples but for float rounding). Set it before the first model call of a process: it is read
+is the one every committed experiment was generated with, bit for bit (its samples; the
+plain sampler draws other ones). Set it before the first model call of a process: it is read
 while a program is traced, and a compiled program keeps the choice it was traced with.
 
 Together, measured against the plain code on the project's shared 2-core Xeon
@@ -29,13 +29,12 @@ What each one is, and what it was measured to gain:
   reduction as a scalar loop; over the 49k vocabulary it cost 18 ms of a batch-32 decode step
   (profile of 2026-11-22), more than the LM head. On 2026-12-05, with jax 0.10.2, `jnp.argmax`
   over 32 x 49,152 logits took 2.7 ms.
-- **Whole-vocabulary draws gathered apart** (`sample_tokens`): both samplers draw among the
-  256 most likely tokens (`lax.top_k`; a full sort of the vocabulary took XLA:CPU 320 ms at
-  batch 32, three decode steps), and rows whose nucleus is larger (4.9% of SmolLM2's steps at
-  temperature 0.8, top-p 0.95) over the whole vocabulary, its nucleus found by bisection. The
-  plain sampler then filters every row of the batch over the vocabulary; here the few such rows
-  are gathered apart while they are at most 1/8 of the batch (a `lax.switch` "spill"). The
-  same tokens either way.
+- **Exact top-p without a sort** (`sample_tokens`, `filter_logits`, `nucleus_mask`): the plain
+  sampler draws among the 256 most likely tokens (`lax.top_k`; a full sort of the vocabulary
+  took XLA:CPU 320 ms at batch 32, three decode steps), which drops the tail of a nucleus larger
+  than that (4.9% of SmolLM2's steps at temperature 0.8, top-p 0.95). Here such rows draw over
+  the whole vocabulary, found by bisection, gathered apart while they are at most 1/8 of the
+  batch so the others keep the cheap draw (a `lax.switch` "spill").
 """
 
 from __future__ import annotations
@@ -113,19 +112,66 @@ def argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.min(jnp.where(x == largest, index, x.shape[-1]), axis=-1), x.shape[-1] - 1)
 
 
+def filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array, min_p: jax.Array,
+                  *, top_k: int, use_top_p: bool) -> jax.Array:
+    """Temperature-scaled logits (B, V) with the tokens outside top-k / top-p / min-p at the
+    dtype's lowest value, over the whole vocabulary. Rows with temperature 0 are left for the
+    caller's argmax."""
+    logits = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    neg_inf = jnp.finfo(logits.dtype).min
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg_inf, logits)
+    if use_top_p:
+        logits = jnp.where(nucleus_mask(jax.nn.softmax(logits, axis=-1), top_p), logits, neg_inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    floor = min_p[:, None] * jnp.max(probs, axis=-1, keepdims=True)
+    return jnp.where(probs < floor, neg_inf, logits)
+
+
+def nucleus_mask(probs: jax.Array, top_p: jax.Array, candidates: int = 256,
+                 iterations: int = 32) -> jax.Array:
+    """(B, V) bool: the top-p nucleus, i.e. the most likely tokens up to and including the one
+    whose cumulative mass first reaches top_p, without sorting the vocabulary.
+
+    The nucleus is sought among the `candidates` most likely tokens (`lax.top_k`). Rows whose
+    nucleus is larger fall back to a bisection for tau = max{t : mass(p >= t) >= top_p} over
+    the whole vocabulary; both are exact (up to ties closer than max_prob / 2**iterations).
+    """
+    top = jax.lax.top_k(probs, min(candidates, probs.shape[-1]))[0]
+    reached = jnp.cumsum(top, axis=-1) >= top_p[:, None]
+    threshold = jnp.take_along_axis(top, jnp.argmax(reached, axis=-1)[:, None], axis=-1)[:, 0]
+    covered = reached[:, -1]
+
+    def bisected():
+        def mass(t):
+            return jnp.sum(jnp.where(probs >= t[:, None], probs, 0.0), axis=-1)
+
+        def step(_, bounds):
+            low, high = bounds
+            mid = 0.5 * (low + high)
+            enough = mass(mid) >= top_p
+            return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
+
+        high = jnp.max(probs, axis=-1) * (1 + 1e-6) + 1e-30  # mass(high) = 0 < top_p
+        low, _ = jax.lax.fori_loop(0, iterations, step, (jnp.zeros_like(high), high))
+        return jnp.where(covered, threshold, low)
+
+    threshold = jax.lax.cond(jnp.all(covered), lambda: threshold, bisected)
+    return probs >= threshold[:, None]
+
+
 def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_top_p: bool,
-                  candidates: Callable[[], tuple[jax.Array, jax.Array, jax.Array]],
-                  whole_vocabulary: Callable[..., jax.Array]):
-    """`sampler.sample_tokens`, with the whole-vocabulary draws of a few rows gathered apart:
-    one token per row, argmax where temperature == 0, else a Gumbel-max draw with the row's own
-    key (what `jax.random.categorical` draws).
+                  candidates: Callable[[], tuple[jax.Array, jax.Array, jax.Array]]):
+    """`sampler.sample_tokens` with exact top-p and top-k: one token per row, argmax where
+    temperature == 0, else a Gumbel-max draw with the row's own key.
 
     `candidates()` is the sampler's `candidate_filter` of these logits: the filtered logits of
     each row's most likely tokens, their ids, and whether they hold the row's whole kept set.
     Rows where they do draw among them; the others (flat distributions, about 5% of SmolLM2's
-    steps at top-p 0.95) draw over `whole_vocabulary(logits, temperature, top_p, min_p)` (the
-    sampler's `filter_logits`), computed for those rows alone while they are few. Which way a
-    row draws depends only on its own logits, so its token never depends on the rest of the batch.
+    steps at top-p 0.95) draw over the whole vocabulary, computed for those rows alone while
+    they are few. Which way a row draws depends only on its own logits, so its token never
+    depends on the rest of the batch.
     """
     greedy = argmax(logits)
     batch = logits.shape[0]
@@ -136,7 +182,8 @@ def sample_tokens(logits, keys, temperature, top_p, min_p, *, top_k: int, use_to
 
     def full_draw(rows=None):  # over the whole vocabulary, for `rows` (default: all)
         pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-        return gumbel_max(whole_vocabulary(pick(logits), pick(temperature), pick(top_p), pick(min_p)), pick(keys))
+        return gumbel_max(filter_logits(pick(logits), pick(temperature), pick(top_p), pick(min_p),
+                                        top_k=top_k, use_top_p=use_top_p), pick(keys))
 
     def draw():
         if not (use_top_p or top_k):

@@ -12,8 +12,9 @@ import pytest
 from flax import nnx
 
 from jaxdiv.generate.sampler import (GenerationError, JaxGenerator, Request, SamplingParams,
-                                     candidate_filter, filter_logits, nucleus_mask, sample_tokens)
+                                     candidate_filter, sample_tokens)
 from jaxdiv.models import llama
+from jaxdiv.models.fast_paths import filter_logits, nucleus_mask
 
 FIXTURE = Path(__file__).parent / "fixtures" / "greedy_reference.json"
 
@@ -72,7 +73,7 @@ def _filter_reference(logits, temperature, top_k, top_p, min_p):
 @pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (5, 1.0, 0.0), (0, 1.0, 0.2),
                                               (7, 0.8, 0.05)])
 def test_filters_keep_the_reference_token_sets(top_k, top_p, min_p):
-    """The whole-vocabulary filter."""
+    """The fast paths' whole-vocabulary filter."""
     rng = np.random.default_rng(top_k)
     logits = rng.normal(0, 2, (6, 50)).astype(np.float32)
     temperature = np.array([0.5, 0.7, 1.0, 1.3, 2.0, 0.9], np.float32)
@@ -110,7 +111,7 @@ def test_candidate_filter_is_exact_where_it_says_so(top_k, top_p, min_p):
 
 @pytest.mark.parametrize("candidates", [3, 64])
 def test_nucleus_candidates_and_bisection_fallback_agree_with_sorting(candidates):
-    """The whole-vocabulary nucleus: rows whose nucleus exceeds the candidate count take the
+    """The fast paths' nucleus: rows whose nucleus exceeds the candidate count take the
     bisection path; both exact."""
     rng = np.random.default_rng(candidates)
     logits = rng.normal(0, 1, (5, 40)) * np.array([[0.1], [1.0], [3.0], [6.0], [0.5]])
@@ -146,8 +147,8 @@ def test_a_rows_draw_does_not_depend_on_the_rest_of_the_batch(flat_rows, cpu_fas
 
 @pytest.mark.parametrize("candidates", [256, 2])
 def test_draws_follow_the_filtered_distribution(candidates, cpu_fast_paths):
-    """From the candidates (256), or where the nucleus (4 tokens) does not fit in them (2), over
-    the whole vocabulary."""
+    """From the candidates (256), or where the nucleus (4 tokens) does not fit in them (2): the
+    fast paths draw over the whole vocabulary, the plain sampler among the 2 candidates."""
     logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
     n = 20000
     keys = jax.random.split(jax.random.key(0), n)
@@ -158,7 +159,8 @@ def test_draws_follow_the_filtered_distribution(candidates, cpu_fast_paths):
     probs = np.exp(np.asarray(logits[0], np.float64))
     probs /= probs.sum()
     nucleus = _filter_reference(np.asarray(logits[0]), 1.0, 0, 0.9, 0.0)  # the 4 most likely
-    expected = np.where(nucleus, probs, 0.0) / probs[nucleus].sum()
+    kept = nucleus & (np.arange(6) < (6 if cpu_fast_paths else candidates))
+    expected = np.where(kept, probs, 0.0) / probs[kept].sum()
     np.testing.assert_allclose(counts, expected, atol=0.015)
     greedy = sample_tokens(logits, jax.random.split(jax.random.key(1), 1), jnp.zeros(1), jnp.ones(1),
                            jnp.zeros(1), top_k=0, use_top_p=False)
