@@ -26,6 +26,7 @@ alone: same init, data order, dropout keys and schedule.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 from pathlib import Path
@@ -146,6 +147,16 @@ def init_args(spec: ModelSpec, initial: Sequence[Mapping[str, np.ndarray] | None
             {k: np.stack([params[k] for params in initial]) for k in sorted(spec.trainable_keys)},
             {k: v if shared_frozen else np.stack([params[k] for params in initial])
              for k, v in sorted(spec.initial.items()) if k not in spec.trainable_keys})
+
+
+def release_freed_host_memory() -> None:
+    """Hand the C heap's freed pages back to the OS (glibc's `malloc_trim`; elsewhere nothing).
+    Loading a checkpoint and compiling leave 0.5-1 GB freed but resident, which the step's
+    large buffers (fresh mappings) never reuse: trimming lowered a SmolLM2 SFT's peak by ~1 GB."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def build_program(spec: ModelSpec, optim: OptimConfig, mesh: Mesh, rules: Rules, num_runs: int, *,
@@ -276,14 +287,20 @@ def fit(cfg: Any, spec: ModelSpec, runs: Sequence[Run], workdir: Path, *, loss_f
     bar = tqdm(total=last, initial=start, desc="train" if num_runs == 1 else f"train x{num_runs}", unit="step",
                dynamic_ncols=True, disable=not cfg.log.progress or jax.process_index() != 0)
     train_metrics: list[dict[str, float]] = [{} for _ in range(num_runs)]
+    train_step = None
     for step in range(start, last):
         # A finished run's batch is never used (its state is masked): row 0 stands in.
         host = [run.data.take(data_lib.batch_indices(run.seed, step, optim.batch_size, len(run.data))
                               if step < total else np.zeros(optim.batch_size, np.int64))
                 for run, total in zip(runs, steps)]
         host_batch = {k: np.stack([h[k] for h in host]) for k in host[0]}
-        state, metrics = program.train_step(state, data_lib.global_batch(host_batch, program.batch_shardings),
-                                            constants)
+        batch = data_lib.global_batch(host_batch, program.batch_shardings)
+        if train_step is None:
+            # compiled ahead of the first step, so that what loading, init and compiling freed
+            # goes back to the OS before the step's buffers are taken
+            train_step = program.train_step.lower(state, batch, constants).compile()
+            release_freed_host_memory()
+        state, metrics = train_step(state, batch, constants)
         mask = host_batch.get("attention_mask")
         throughput.add(0 if mask is None else int(mask[:num_runs].sum()))
         done = step + 1
