@@ -46,7 +46,9 @@ FLOPS_CONVENTION = ("Analytic FLOPs are matmul FLOPs, MaxText's convention: 6·N
                     "attends every cache slot. XLA's FLOPs (`cost_analysis()`) are "
                     "per device, of the program as compiled: every op, elementwise ones included, the "
                     "recomputed forward of a rematerialised train step, and masked attention in full; "
-                    "a while loop's body is counted once, so the decode figure is one step of the chunk.")
+                    "a while loop's body is counted once, so the decode figure is one step of the chunk, "
+                    "and a rematerialised train step (its layers one scan) may count fewer than its "
+                    "layers.")
 
 
 class AOTError(JaxdivError, RuntimeError):
