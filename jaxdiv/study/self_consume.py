@@ -15,8 +15,9 @@ generator. Round 0 is the same in every chain: its pool, scores and classifiers 
 Every stage is cached under the workdir by a content hash of all it depends on: a generator's
 key chains its parent's key, the key of the pool it was fine-tuned on and the SFT settings (its
 LoRA section too, as a classifier's key holds `train.model.lora`); a pool's key is its
-generation settings and its generator's key (`jaxdiv.study.cache`, shared with the study). A killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished
-stages never again) and a finished run only rewrites the table and the report
+generation settings and its generator's key (`jaxdiv.study.cache`, shared with the study). A
+killed run resumes (a pool row by row, an SFT from its orbax checkpoint, finished stages never
+again) and a finished run only rewrites the table and the report
 (`jaxdiv.report.self_consume`).
 
     workdir/generators/G{t}-{chain}-{key}/   HF checkpoints (safetensors, config, tokenizer)
@@ -181,9 +182,7 @@ def generator_key(cfg: SelfConsumeConfig, chain: str, parent: Generator, pool: R
 def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent: Generator, pool: RoundPool,
                           eval_rows: list[dict[str, Any]], workdir: Path) -> tuple[Generator, dict]:
     """G_{t+1} of a chain and its SFT record, fine-tuning only when it is not stored yet."""
-    from jaxdiv.models.checkpoints import save_hf_checkpoint
-    from jaxdiv.models.lora import merge_lora
-    from jaxdiv.train.sft import train_sft
+    from jaxdiv.train.sft import save_merged, train_sft
 
     key = generator_key(cfg, chain, parent, pool)
     directory = workdir / "generators" / f"G{parent.round + 1}-{chain}-{key}"
@@ -195,7 +194,7 @@ def ensure_next_generator(cfg: SelfConsumeConfig, task: Task, chain: str, parent
         started = time.perf_counter()
         result = train_sft(sft_settings(cfg, parent), synthetic + real, eval_rows, run_dir, seed=cfg.seed)
         # adapters (sft.model.lora) folded in: the next round and transformers read a plain checkpoint
-        save_hf_checkpoint(merge_lora(result["model"]), result["architecture"], result["tokenizer"], directory)
+        save_merged(result, directory)
         record = {"steps": result["steps"], "train_loss": result["train"].get("loss", math.nan),
                   "heldout_real_loss": result["eval"]["loss"], "seconds": time.perf_counter() - started,
                   "synthetic_rows": len(synthetic), "real_rows": len(real), "parent": str(parent.path)}

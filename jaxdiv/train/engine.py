@@ -13,7 +13,8 @@ metrics, checkpoints and progress live in this one loop (`fit`).
 The state is a plain pytree (what orbax saves):
 
     trainable    {param key: f32[R, ...]}   optimised
-    frozen       {param key: f32[...]}      never updated; f32[R, ...] when runs differ in it
+    frozen       {param key: f32[...]}      never updated; [R, ...] when runs differ in it; a
+                                            LoRA base's matrices in its lora.base_dtype
     opt_state    optax state of `make_optimizer` over `trainable` (leading run axis)
     step         int32[R]
     rng          uint32[R, 2]   dropout keys are fold_in(rng, step)

@@ -264,15 +264,22 @@ def train_sft(cfg: SFTConfig, rows: Any, eval_rows: Any, workdir: str | Path, *,
     return results
 
 
+def save_merged(result: dict[str, Any], directory: str | Path) -> Path:
+    """A trained decoder (`train_sft`'s result) as an HF checkpoint that `load_pretrained` and
+    transformers read, any LoRA adapters folded into their base weights."""
+    from jaxdiv.models import checkpoints
+
+    return checkpoints.save_hf_checkpoint(lora.merge_lora(result["model"]), result["architecture"],
+                                          result["tokenizer"], directory)
+
+
 def export_model(result: dict[str, Any], directory: str | Path, base: str) -> list[Path]:
-    """Write a trained decoder (`train_sft`'s result) for other tools: <directory>/model, an HF
-    checkpoint that `load_pretrained` and transformers read (adapters merged in), and with LoRA
+    """Write a trained decoder for other tools: <directory>/model (`save_merged`), and with LoRA
     also <directory>/adapter, the PEFT adapter of base checkpoint `base`."""
-    from jaxdiv.models import checkpoints, peft
+    from jaxdiv.models import peft
 
     directory, model = Path(directory), result["model"]
-    written = [checkpoints.save_hf_checkpoint(lora.merge_lora(model), result["architecture"], result["tokenizer"],
-                                              directory / "model")]
+    written = [save_merged(result, directory / "model")]
     if list(lora.adapters(model)):
         written.append(peft.save_peft_adapter(directory / "adapter", model, base_model_name_or_path=base))
     return written
