@@ -9,8 +9,9 @@
    as one program vs the same R runs one after another with `train_classifier`, wall time.
    Section `lora_runs`: the same with rank-8 LoRA adapters on a frozen MiniLM instead.
 4. Section `sft`: SmolLM2-135M SFT (`train_sft`, seq 256, batch 8) with every weight trained
-   beside LoRA (rank 16 on every linear layer; f32 and bf16 base), each in a fresh process:
-   peak process memory (VmHWM) and steps/s.
+   beside LoRA (rank 16 on every linear layer; f32 and bf16 base), each in a fresh process, the
+   modes in turn `--sft-repeats` times: median peak process memory (VmHWM) and steps/s (a
+   process's peak varies by +-0.3 GB from run to run).
 
     python scripts/bench_train.py [--steps 8] [--runs 8] [--skip-torch] [--dtypes float32,bfloat16]
     python scripts/bench_train.py --sections sft,lora_runs
@@ -150,6 +151,8 @@ def main() -> None:
                         "which compiles, is not timed)")
     parser.add_argument("--sft-remat", action="store_true", help="sft: recompute each layer's activations "
                         "in the backward pass (model.remat), in every mode")
+    parser.add_argument("--sft-repeats", type=int, default=3, help="sft: fresh processes per mode, run "
+                        "in turn (A B C A B C ...); the table gives each mode's medians")
     parser.add_argument("--sft-child", help=argparse.SUPPRESS)  # one sft measurement, in this process
     args = parser.parse_args()
     if args.sft_child:
@@ -242,18 +245,23 @@ def sft_child(mode: str, steps: int, remat: bool) -> dict[str, float]:
 
 
 def sft_table(args) -> None:
-    results = {}
-    for mode in SFT_MODES:
-        out = subprocess.run([sys.executable, __file__, "--sft-child", mode, "--sft-steps", str(args.sft_steps)]
-                             + ["--sft-remat"] * args.sft_remat, check=True, capture_output=True, text=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
+    samples = {mode: [] for mode in SFT_MODES}
+    for _ in range(args.sft_repeats):  # modes in turn, so that a drift in the machine's speed hits each alike
+        for mode in SFT_MODES:
+            out = subprocess.run([sys.executable, __file__, "--sft-child", mode, "--sft-steps", str(args.sft_steps)]
+                                 + ["--sft-remat"] * args.sft_remat, check=True, capture_output=True, text=True).stdout
+            samples[mode].append(json.loads(out.strip().splitlines()[-1]))
+    results = {mode: {key: statistics.median(sample[key] for sample in runs) for key in runs[0]}
+               for mode, runs in samples.items()}
     full = results["full fine-tuning"]
     print(f"\nSmolLM2-135M SFT, seq 256, batch 8, f32 compute, remat {'on' if args.sft_remat else 'off'}, "
-          f"{args.sft_steps - 1} timed steps, one fresh process each (peak: VmHWM, the whole process)")
-    print(f"{'mode':<24} {'peak GB':>8} {'of full':>8} {'steps/s':>8} {'vs full':>8}")
+          f"{args.sft_steps - 1} timed steps, {args.sft_repeats} fresh processes per mode (peak: VmHWM, the "
+          f"whole process); medians, and each process's peak")
+    print(f"{'mode':<24} {'peak GB':>8} {'of full':>8} {'steps/s':>8} {'vs full':>8}  peaks GB")
     for mode, result in results.items():
+        peaks = " ".join(f"{sample['peak_bytes'] / 1e9:.2f}" for sample in samples[mode])
         print(f"{mode:<24} {result['peak_bytes'] / 1e9:8.2f} {result['peak_bytes'] / full['peak_bytes']:8.0%} "
-              f"{result['steps_per_s']:8.3f} {result['steps_per_s'] / full['steps_per_s']:7.2f}x")
+              f"{result['steps_per_s']:8.3f} {result['steps_per_s'] / full['steps_per_s']:7.2f}x  {peaks}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ row of a batch decodes in lock step (one shared write slot per step).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -259,22 +260,32 @@ class Llama(nnx.Module):
         return self.norm(x), (None if cache is None else KVCache(new_keys, new_values))
 
     def _rematerialised_layers(self, x, cos, sin, mask) -> jax.Array:
-        """The layers as one `lax.scan` over their stacked state with a rematerialised body, so
-        the backward pass keeps only each layer's input. (Unrolled, XLA:CPU keeps every layer's
-        activations despite `jax.checkpoint`, jax#19822: measured 170 MB a SmolLM2 layer at batch
-        8 x 256 tokens either way; scanned, only the inputs.) Layers of different structure (LoRA
-        on some only) stay unrolled."""
-        graphdefs, states = zip(*(nnx.split(layer) for layer in self.layers))
-        layer = lambda graphdef, state, x: nnx.merge(graphdef, state)(x, cos, sin, mask, None, 0)[0]
+        """The layers as one `lax.scan` with a rematerialised body, so the backward pass keeps
+        only each layer's input. (Unrolled, XLA:CPU keeps every layer's activations despite
+        `jax.checkpoint`, jax#19822: measured 170 MB a SmolLM2 layer at batch 8 x 256 tokens
+        either way; scanned, only the inputs.) The scan runs over the layers' stacked params,
+        except the weights a layer declares frozen (`FROZEN_PARAMS`: a LoRA base): those are read
+        in place, layer i's picked by `lax.switch`, so the step never holds a stacked copy of the
+        frozen base (a copy XLA:CPU would also widen from bf16 to f32). Layers of different
+        structure (LoRA on some only) stay unrolled."""
+        frozen = _frozen_params(self.layers[0])
+        graphdefs, frozen_states, states = zip(*(nnx.split(layer, frozen, ...) for layer in self.layers))
+        layer = lambda graphdef, states, x: nnx.merge(graphdef, *states)(x, cos, sin, mask, None, 0)[0]
         if any(graphdef != graphdefs[0] for graphdef in graphdefs):
-            for graphdef, state in zip(graphdefs, states):
-                x = jax.checkpoint(layer, static_argnums=0)(graphdef, state, x)
+            for graphdef, *layer_states in zip(graphdefs, frozen_states, states):
+                x = jax.checkpoint(layer, static_argnums=0)(graphdef, layer_states, x)
             return x
         stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-        body = jax.checkpoint(lambda x, state: (layer(graphdefs[0], state, x), None))
+        pick = [lambda all_frozen, i=i: all_frozen[i] for i in range(len(frozen_states))]
+
+        @jax.checkpoint
+        def body(x, inputs):
+            index, state = inputs
+            return layer(graphdefs[0], (jax.lax.switch(index, pick, frozen_states), state), x), None
+
         # the carry takes the layers' output dtype (a bf16 embedding feeds f32 residuals)
-        carry = jax.eval_shape(layer, graphdefs[0], states[0], x).dtype
-        return jax.lax.scan(body, x.astype(carry), stacked)[0]
+        carry = jax.eval_shape(layer, graphdefs[0], (frozen_states[0], states[0]), x).dtype
+        return jax.lax.scan(body, x.astype(carry), (jnp.arange(len(states)), stacked))[0]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:  # tied: the embedding matrix, in the compute dtype, f32 accumulation
@@ -298,6 +309,13 @@ class Llama(nnx.Module):
                  positions: jax.Array | None = None) -> jax.Array:
         """Logits (B, T, vocab) of a full sequence (see `sequence_hidden`)."""
         return self.logits(self.sequence_hidden(tokens, attention_mask, positions))
+
+
+def _frozen_params(layer: nnx.Module) -> Callable[[tuple, Any], bool]:
+    """The nnx filter of the params a layer never trains: those its modules name in `FROZEN_PARAMS`."""
+    paths = {path + (name,) for path, module in nnx.iter_modules(layer)
+             for name in getattr(module, "FROZEN_PARAMS", ())}
+    return lambda path, _: tuple(path) in paths
 
 
 def forward_flops(cfg: LlamaConfig, batch: int, queries: int, keys: float) -> float:

@@ -55,13 +55,15 @@ class LoRAConfig:
                                             "dotted parts); empty: every attention and MLP projection "
                                             "(q/k/v/o/gate/up/down_proj; BERT: query/key/value/dense)")
     base_dtype: Literal["float32", "bfloat16"] = param(
-        "float32", help="dtype the frozen base's matrices are held in (bfloat16: half their memory; "
-                        "the adapters, the head and the optimizer state stay float32)")
+        "float32", help="dtype the frozen base's linear kernels are held in (bfloat16: half their "
+                        "memory; embeddings, adapters, the head and the optimizer state stay float32)")
 
 
 class LoRALinear(nnx.Linear):
     """`base` (an `nnx.Linear`, whose variables and settings it takes over) plus a low-rank
     update: y = base(x) + (dropout(x) @ lora_a @ lora_b) * scaling."""
+
+    FROZEN_PARAMS = ("kernel", "bias")  # the base never trains (the decoder's layer scan reads them in place)
 
     def __init__(self, base: nnx.Linear, rank: int, scaling: float, dropout_rate: float, *, rngs: nnx.Rngs):
         for name, value in _linear_fields(base).items():

@@ -14,7 +14,7 @@ The state is a plain pytree (what orbax saves):
 
     trainable    {param key: f32[R, ...]}   optimised
     frozen       {param key: f32[...]}      never updated; [R, ...] when runs differ in it; a
-                                            LoRA base's matrices in its lora.base_dtype
+                                            LoRA base's linear kernels in lora.base_dtype
     opt_state    optax state of `make_optimizer` over `trainable` (leading run axis)
     step         int32[R]
     rng          uint32[R, 2]   dropout keys are fold_in(rng, step)
@@ -151,13 +151,22 @@ def init_args(spec: ModelSpec, initial: Sequence[Mapping[str, np.ndarray] | None
 
 
 def release_freed_host_memory() -> None:
-    """Hand the C heap's freed pages back to the OS (glibc's `malloc_trim`; elsewhere nothing).
-    Loading a checkpoint and compiling leave 0.5-1 GB freed but resident, which the step's
-    large buffers (fresh mappings) never reuse: trimming lowered a SmolLM2 SFT's peak by ~1 GB."""
+    """Hand the C heap's freed pages back to the OS, now and from now on (glibc; elsewhere nothing).
+    Loading a checkpoint and compiling leave 0.5-1 GB freed but resident, which the step's large
+    buffers (fresh mappings) never reuse: `malloc_trim` returns it (a SmolLM2 SFT's peak: ~1 GB
+    lower). And glibc raises its mmap threshold after each large free (up to 32 MiB), so later
+    buffers below it are carved from the heap, where what stays resident depends on the order
+    things were freed (the same SFT step peaked at 4.6 or 5.3 GB as compiling came after init or
+    before): a fixed 1 MiB threshold gives every large buffer its own mapping, unmapped when freed."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def build_program(spec: ModelSpec, optim: OptimConfig, mesh: Mesh, rules: Rules, num_runs: int, *,
@@ -275,10 +284,19 @@ def fit(cfg: Any, spec: ModelSpec, runs: Sequence[Run], workdir: Path, *, loss_f
     if constants is not None:
         constants = jax.device_put(constants, replicated(mesh))
 
+    # Compiled before the state exists, so that the compiler's transient memory and the state are
+    # never held together; what loading freed, then what compiling and init freed, goes back to
+    # the OS (`release_freed_host_memory`) before the step's buffers are taken.
+    release_freed_host_memory()
+    batch_shapes = {k: jax.ShapeDtypeStruct((len(runs), optim.batch_size) + v.shape[1:], v.dtype,
+                                            sharding=program.batch_shardings[k]) for k, v in example.items()}
+    train_step = program.train_step.lower(program.abstract_state(), batch_shapes, constants).compile()
+
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     restored = checkpointer.restore_latest(program.abstract_state()) if cfg.checkpoint.resume else None
     state = restored[0] if restored else program.init(*args)
     del args
+    release_freed_host_memory()
     start = int(restored[1]["step"]) if restored else 0
     last = max(steps)
 
@@ -288,7 +306,6 @@ def fit(cfg: Any, spec: ModelSpec, runs: Sequence[Run], workdir: Path, *, loss_f
     bar = tqdm(total=last, initial=start, desc="train" if num_runs == 1 else f"train x{num_runs}", unit="step",
                dynamic_ncols=True, disable=not cfg.log.progress or jax.process_index() != 0)
     train_metrics: list[dict[str, float]] = [{} for _ in range(num_runs)]
-    train_step = None
     for step in range(start, last):
         # A finished run's batch is never used (its state is masked): row 0 stands in.
         host = [run.data.take(data_lib.batch_indices(run.seed, step, optim.batch_size, len(run.data))
@@ -296,11 +313,6 @@ def fit(cfg: Any, spec: ModelSpec, runs: Sequence[Run], workdir: Path, *, loss_f
                 for run, total in zip(runs, steps)]
         host_batch = {k: np.stack([h[k] for h in host]) for k in host[0]}
         batch = data_lib.global_batch(host_batch, program.batch_shardings)
-        if train_step is None:
-            # compiled ahead of the first step, so that what loading, init and compiling freed
-            # goes back to the OS before the step's buffers are taken
-            train_step = program.train_step.lower(state, batch, constants).compile()
-            release_freed_host_memory()
         state, metrics = train_step(state, batch, constants)
         mask = host_batch.get("attention_mask")
         throughput.add(0 if mask is None else int(mask[:num_runs].sum()))

@@ -64,11 +64,13 @@ def _host(value: Any, dtype: Any) -> np.ndarray | jax.ShapeDtypeStruct:
 def spec_of(model: nnx.Module, config: Any, trainable=lambda path: True, num_labels: int = 0,
             frozen_dtype: Any = jnp.float32) -> ModelSpec:
     """Describe a built module: host copies of its params, their logical axes, what trains. Params
-    are float32, but frozen matrices are held in `frozen_dtype` (LoRA's bf16 base): the models'
-    layers cast their weights to the compute dtype, so a frozen bf16 kernel needs nothing else."""
+    are float32, but frozen linear kernels are held in `frozen_dtype` (LoRA's bf16 base): the
+    models' layers cast their weights to the compute dtype, so a frozen bf16 kernel needs nothing
+    else. Embeddings stay float32, as QLoRA keeps them: a bf16 table would be widened whole for
+    the lookup and the tied LM head, costing more than it saves."""
     graphdef, state = nnx.split(model, nnx.Param)
     flat = list(nnx.to_flat_state(state))
-    dtype = lambda path, value: frozen_dtype if value.ndim >= 2 and not trainable(path) else jnp.float32
+    dtype = lambda path, value: frozen_dtype if path[-1] == "kernel" and not trainable(path) else jnp.float32
     return ModelSpec(
         graphdef=graphdef,
         initial={_key(p): _host(v.get_value(), dtype(p, v.get_value())) for p, v in flat},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiv.models import llama
+from jaxdiv.models import llama, lora
 from jaxdiv.train.sft import llama_train_flops, lm_loss
 from jaxdiv.train.state import spec_of
 
@@ -29,11 +29,19 @@ def test_abstract_spec_matches_real():
     assert abstract.logical_axes == real.logical_axes and abstract.param_count == real.param_count
 
 
-def test_remat_keeps_loss_and_gradients():
+@pytest.mark.parametrize("adapters", [False, True])
+def test_remat_keeps_loss_and_gradients(adapters):
+    """Also with LoRA on a bf16 base, whose frozen kernels the rematerialised layer scan reads in
+    place (`lax.switch`) rather than stacked."""
     model = llama.Llama(ARCH, rngs=nnx.Rngs(1))
-    spec = spec_of(model, ARCH)
-    rematted = dataclasses.replace(spec, graphdef=nnx.split(
-        llama.Llama(ARCH, rngs=nnx.Rngs(1), remat=True), nnx.Param)[0])
+    if adapters:
+        lora.apply_lora(model, lora.LoRAConfig(rank=4), rngs=nnx.Rngs(2))
+        for _, layer in lora.adapters(model):  # a nonzero update, so the adapters shape the loss
+            layer.lora_b.set_value(jax.random.normal(jax.random.key(3), layer.lora_b.shape) * 0.1)
+    spec = spec_of(model, ARCH, lora.trainable(model) if adapters else lambda path: True,
+                   frozen_dtype=jnp.bfloat16)
+    model.remat = True
+    rematted = dataclasses.replace(spec, graphdef=nnx.split(model, nnx.Param)[0])
     rng = np.random.default_rng(0)
     batch = {"input_ids": jnp.asarray(rng.integers(1, 64, (2, 12)), jnp.int32),
              "attention_mask": jnp.ones((2, 12), jnp.int32),
@@ -42,8 +50,11 @@ def test_remat_keeps_loss_and_gradients():
     value = lambda s: jax.jit(jax.value_and_grad(lambda p: lm_loss(s)(p, batch, None)[0]))(params)
     (loss, grads), (remat_loss, remat_grads) = value(spec), value(rematted)
     assert float(loss) == pytest.approx(float(remat_loss), rel=1e-6) and float(loss) > 3.0  # ~ln 64 at init
-    for key in grads:
-        np.testing.assert_allclose(remat_grads[key], grads[key], rtol=1e-5, atol=1e-7)
+    for key in grads:  # those of f32 params (a bf16 kernel's gradient is rounded to bf16)
+        if grads[key].dtype == jnp.float32:
+            np.testing.assert_allclose(remat_grads[key], grads[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    if adapters:
+        assert any(float(jnp.abs(grads[k]).max()) > 0 for k in grads if k.endswith("lora_a"))
 
 
 def test_causal_flops_convention():
@@ -87,7 +98,7 @@ def test_lora_programs_train_only_the_adapters_over_a_frozen_base():
     adapters = {k: v for k, v in state["trainable"].items() if lora.is_adapter(k.split("/"))}
     assert len(adapters) == len(state["trainable"]) == 2 * 7 * cfg.decoder.num_layers  # A and B of each projection
     frozen = state["frozen"]
-    assert {k for k, v in frozen.items() if v.dtype == jnp.bfloat16} == {k for k, v in frozen.items() if v.ndim >= 2}
+    assert {k for k, v in frozen.items() if v.dtype == jnp.bfloat16} == {k for k in frozen if k.endswith("/kernel")}
     moments = [v for v in jax.tree.leaves(state["opt_state"]) if v.ndim > 1]
     assert sum(v.size for v in moments) == 2 * sum(v.size for v in adapters.values())  # Adam's mu, nu
     step.lower(state, batch, constants, **static)  # traces with the bf16 base

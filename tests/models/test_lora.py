@@ -343,8 +343,8 @@ def trec_rows(trec_task):
 @pytest.mark.parametrize("base_dtype", ["float32", "bfloat16"])
 def test_only_the_adapters_and_head_train(tiny_encoder_dir, trec_rows, tmp_path, base_dtype):
     """After train_classifier with LoRA, every base param has its initial bytes; the adapters and
-    the head moved. A bf16 base holds the frozen matrices in bf16 (the pretrained values rounded),
-    and only them."""
+    the head moved. A bf16 base holds the frozen linear kernels in bf16 (the pretrained values
+    rounded), and only them: embeddings stay float32."""
     train, evals = trec_rows
     cfg = _lora_config(tiny_encoder_dir, "optim.steps=3", f"model.lora.base_dtype={base_dtype}")
     result = train_classifier(cfg, train, evals, tmp_path, seed=4)
@@ -353,8 +353,8 @@ def test_only_the_adapters_and_head_train(tiny_encoder_dir, trec_rows, tmp_path,
     f32 = build_model(_lora_config(tiny_encoder_dir).model, len(result["label_names"]), 4).initial
     for key, initial in spec.initial.items():
         trained = np.asarray(result["params"][key])
-        frozen_matrix = key not in spec.trainable_keys and initial.ndim >= 2
-        assert trained.dtype == (jnp.dtype(base_dtype) if frozen_matrix else np.float32), key
+        frozen_kernel = key not in spec.trainable_keys and key.endswith("/kernel")
+        assert trained.dtype == (jnp.dtype(base_dtype) if frozen_kernel else np.float32), key
         np.testing.assert_array_equal(initial, f32[key].astype(initial.dtype), err_msg=key)
         if key in spec.trainable_keys:
             assert not np.array_equal(trained, initial), key
