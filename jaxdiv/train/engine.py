@@ -150,6 +150,9 @@ def init_args(spec: ModelSpec, initial: Sequence[Mapping[str, np.ndarray] | None
              for k, v in sorted(spec.initial.items()) if k not in spec.trainable_keys})
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 def release_freed_host_memory() -> None:
     """Hand the C heap's freed pages back to the OS, now and from now on (glibc; elsewhere nothing).
     Loading a checkpoint and compiling leave 0.5-1 GB freed but resident, which the step's large
@@ -164,9 +167,6 @@ def release_freed_host_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def build_program(spec: ModelSpec, optim: OptimConfig, mesh: Mesh, rules: Rules, num_runs: int, *,
@@ -290,10 +290,11 @@ def fit(cfg: Any, spec: ModelSpec, runs: Sequence[Run], workdir: Path, *, loss_f
     release_freed_host_memory()
     batch_shapes = {k: jax.ShapeDtypeStruct((len(runs), optim.batch_size) + v.shape[1:], v.dtype,
                                             sharding=program.batch_shardings[k]) for k, v in example.items()}
-    train_step = program.train_step.lower(program.abstract_state(), batch_shapes, constants).compile()
+    abstract_state = program.abstract_state()
+    train_step = program.train_step.lower(abstract_state, batch_shapes, constants).compile()
 
     checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
-    restored = checkpointer.restore_latest(program.abstract_state()) if cfg.checkpoint.resume else None
+    restored = checkpointer.restore_latest(abstract_state) if cfg.checkpoint.resume else None
     state = restored[0] if restored else program.init(*args)
     del args
     release_freed_host_memory()
